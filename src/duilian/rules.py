@@ -1,0 +1,126 @@
+"""What makes a couplet: the form rules and tones, as pure functions of the two lines.
+
+The decoder turns these rules into masks (decode.py); the evaluator and the server report them.
+Tones are modern Mandarin tones from pypinyin: tones 1 and 2 are level (平), 3 and 4 oblique (仄).
+A character whose usual reading is the neutral tone has no tone class (None) and passes every tone rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+from pypinyin import Style, lazy_pinyin
+
+from .text import PUNCTUATION, clauses, is_han
+
+LEVEL, OBLIQUE = "平", "仄"
+
+
+@lru_cache(maxsize=None)
+def tone_of(ch: str) -> str | None:
+    """平, 仄, or None (not a Han character, or a neutral/unknown tone). Uses the most common reading."""
+    if not is_han(ch):
+        return None
+    final = lazy_pinyin(ch, style=Style.FINALS_TONE3, neutral_tone_with_five=True, errors="ignore")
+    if not final or not final[0] or not final[0][-1].isdigit():
+        return None
+    tone = int(final[0][-1])
+    return LEVEL if tone in (1, 2) else OBLIQUE if tone in (3, 4) else None
+
+
+def last_han(line: str) -> str | None:
+    for ch in reversed(line):
+        if is_han(ch):
+            return ch
+    return None
+
+
+def repeat_pattern(line: str) -> list[int]:
+    """For each position, the index of the first position holding the same character.
+
+    "花开花落" -> [0, 1, 0, 3]. Two lines mirror each other's 重字 exactly when their patterns match
+    (punctuation positions included, since punctuation is copied mark for mark).
+    """
+    first: dict[str, int] = {}
+    return [first.setdefault(ch, i) for i, ch in enumerate(line)]
+
+
+def rhythm_positions(line: str) -> list[int]:
+    """The positions whose tones should oppose: the 2nd, 4th and 6th character of each clause and each
+    clause's last character (0-based indices into `line`)."""
+    positions: set[int] = set()
+    for start, end in clauses(line):
+        positions.update(i for i in (start + 1, start + 3, start + 5) if i < end)
+        positions.add(end - 1)
+    return sorted(positions)
+
+
+def rhythm_opposition(upper: str, lower: str) -> float | None:
+    """Fraction of rhythm positions (where both tones are known) whose tones oppose; None if none count."""
+    pairs = [
+        (tone_of(upper[i]), tone_of(lower[i]))
+        for i in rhythm_positions(upper)
+        if i < len(lower)
+    ]
+    known = [(a, b) for a, b in pairs if a and b]
+    if not known:
+        return None
+    return sum(a != b for a, b in known) / len(known)
+
+
+@dataclass(frozen=True)
+class FormChecks:
+    """The form of one 下联 against its 上联. Hard rules are booleans; `ends_level` is None when the
+    上联 does not end oblique (the rule does not apply)."""
+
+    same_length: bool
+    punctuation_aligned: bool
+    repeats_mirrored: bool
+    no_copy: bool
+    ends_level: bool | None
+    rhythm_opposition: float | None
+    final_tone: str | None
+
+    @property
+    def valid(self) -> bool:
+        return (
+            self.same_length
+            and self.punctuation_aligned
+            and self.repeats_mirrored
+            and self.no_copy
+            and self.ends_level is not False
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "valid": self.valid}
+
+
+def check_pair(upper: str, lower: str, allow_upper_chars: bool = False) -> FormChecks:
+    """Check `lower` against `upper` (both already normalised).
+
+    no_copy: no Han character of the 上联 at the same position in the 下联, and (unless
+    `allow_upper_chars`) none anywhere in the 下联. Punctuation is not a copy: it must match.
+    """
+    same_length = len(upper) == len(lower)
+    punctuation_aligned = same_length and all(
+        (u in PUNCTUATION or l in PUNCTUATION) <= (u == l) for u, l in zip(upper, lower)
+    )
+    repeats_mirrored = same_length and repeat_pattern(upper) == repeat_pattern(lower)
+    upper_han = {ch for ch in upper if is_han(ch)}
+    no_copy = not any(is_han(l) and l == u for u, l in zip(upper, lower))
+    if not allow_upper_chars:
+        no_copy = no_copy and not any(ch in upper_han for ch in lower)
+    u_last, l_last = last_han(upper), last_han(lower)
+    ends_level = None
+    if u_last and tone_of(u_last) == OBLIQUE:
+        ends_level = tone_of(l_last) != OBLIQUE if l_last else False
+    return FormChecks(
+        same_length=same_length,
+        punctuation_aligned=punctuation_aligned,
+        repeats_mirrored=repeats_mirrored,
+        no_copy=no_copy,
+        ends_level=ends_level,
+        rhythm_opposition=rhythm_opposition(upper, lower) if same_length else None,
+        final_tone=tone_of(l_last) if l_last else None,
+    )

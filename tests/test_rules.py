@@ -1,0 +1,42 @@
+from duilian.rules import LEVEL, OBLIQUE, check_pair, repeat_pattern, rhythm_opposition, rhythm_positions, tone_of
+
+
+def test_tones_follow_modern_mandarin():
+    assert tone_of("天") == LEVEL  # tiān, tone 1
+    assert tone_of("来") == LEVEL  # lái, tone 2
+    assert tone_of("海") == OBLIQUE  # hǎi, tone 3
+    assert tone_of("去") == OBLIQUE  # qù, tone 4
+    assert tone_of("，") is None and tone_of("a") is None
+
+
+def test_repeat_pattern():
+    assert repeat_pattern("花开花落") == [0, 1, 0, 3]
+    assert repeat_pattern("月圆月缺") == repeat_pattern("花开花落")
+    assert repeat_pattern("月圆星缺") != repeat_pattern("花开花落")
+
+
+def test_rhythm_positions_are_2_4_6_and_clause_ends():
+    assert rhythm_positions("丹枫江冷人初去") == [1, 3, 5, 6]
+    assert rhythm_positions("花开花落，春去") == [1, 3, 6]
+
+
+def test_a_good_couplet_passes_every_check():
+    checks = check_pair("丹枫江冷人初去", "黄叶声从天外来")
+    assert checks.valid and checks.ends_level is True and checks.final_tone == LEVEL
+    assert rhythm_opposition("丹枫江冷人初去", "黄叶声从天外来") == 1.0
+
+
+def test_each_violation_is_caught():
+    assert not check_pair("丹枫江冷人初去", "黄叶声从天外").same_length
+    assert not check_pair("花开，春去", "月圆春，来").punctuation_aligned
+    assert not check_pair("花开花落", "月圆星缺").repeats_mirrored
+    assert not check_pair("花开月落", "月圆月缺").repeats_mirrored  # repeats where the 上联 does not
+    assert not check_pair("丹枫江冷人初去", "黄枫声从天外来").no_copy  # same position
+    assert not check_pair("丹枫江冷人初去", "江叶声从天外来").no_copy  # elsewhere
+    assert check_pair("丹枫江冷人初去", "江叶声从天外来", allow_upper_chars=True).no_copy
+    bad_end = check_pair("丹枫江冷人初去", "黄叶声从天外到")  # 到 is oblique
+    assert bad_end.ends_level is False and not bad_end.valid
+
+
+def test_level_ending_rule_applies_only_after_an_oblique_upper_line():
+    assert check_pair("黄叶声从天外来", "丹枫江冷人初去").ends_level is None

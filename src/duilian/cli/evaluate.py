@@ -1,0 +1,49 @@
+"""`duilian evaluate`: BLEU, perplexity and form of a model on a test split; the work is duilian.evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    # what to evaluate
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="HuggingFace model directory (default: the embedded default model)")
+    parser.add_argument("--test", metavar="DIR", required=True,
+                        help="test split in the public layout: in.txt and out.txt (plain, .xz or .gz), "
+                             "characters separated by spaces, e.g. ../shared/data/couplet/test")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="evaluate only the first N pairs (default: all)")
+    # decoding
+    parser.add_argument("--n", type=int, default=1,
+                        help="candidates decoded per 上联; the top one is scored (default: 1)")
+    parser.add_argument("--method", choices=("beam", "sample", "greedy"), default="beam",
+                        help="decoding method (default: beam)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B",
+                        help="上联 per decoding pass and pairs per scoring pass (default: 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --method sample (default: 0)")
+    parser.add_argument("--allow-upper-chars", action="store_true",
+                        help="let the 下联 reuse 上联 characters at other positions (decoding and form checks)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    # output
+    parser.add_argument("--out", metavar="REPORT_DIR", default=None,
+                        help="where to write report.json, report.md and hypotheses.txt "
+                             "(default: ./eval-<model folder name>/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import EvalConfig, default_out_dir, evaluate, render_markdown, write_report
+
+    try:
+        config = EvalConfig(limit=args.limit, n=args.n, method=args.method, batch_size=args.batch_size,
+                            seed=args.seed, allow_upper_chars=args.allow_upper_chars, device=args.device)
+        report = evaluate(args.model, args.test, config, progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"duilian evaluate: {e}", file=sys.stderr)
+        return 2
+    out_dir = write_report(report, args.out or default_out_dir(args.model))
+    print(render_markdown(report))
+    print(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.md'}")
+    return 0

@@ -1,0 +1,197 @@
+"""duilian.evaluate: metric functions against hand-computed values, the reference ceiling on the fixture
+split, the report renderer, and (once the API is there) an end-to-end run on a tiny random model."""
+
+from __future__ import annotations
+
+import lzma
+import math
+from pathlib import Path
+
+import pytest
+
+from duilian.evaluate import (
+    EvalConfig,
+    bleu,
+    distinct,
+    form_metrics,
+    perplexity,
+    read_pairs,
+    render_markdown,
+    write_report,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "couplets"
+
+
+# --- distinct ------------------------------------------------------------------------------------
+
+def test_distinct_by_hand():
+    lines = ["花开花落", "花开"]
+    # unigrams: 花 开 花 落 花 开 -> 3 distinct of 6; bigrams: 花开 开花 花落 | 花开 -> 3 distinct of 4
+    assert distinct(lines, 1) == pytest.approx(3 / 6)
+    assert distinct(lines, 2) == pytest.approx(3 / 4)
+
+
+def test_distinct_ngrams_do_not_cross_lines():
+    # Joined, "天地" + "地天" would add the bigram 地地; per line there are only 天地 and 地天.
+    assert distinct(["天地", "地天"], 2) == 1.0
+    assert distinct(["天"], 2) == 0.0  # no bigram at all
+
+
+# --- BLEU ----------------------------------------------------------------------------------------
+
+def test_bleu_identical_is_100_and_disjoint_is_0():
+    pairs, _ = read_pairs(FIXTURE, limit=20)
+    refs = [l for _, l in pairs]
+    for n in (1, 2, 4):
+        assert bleu(refs, refs, n) == pytest.approx(100.0)
+    disjoint = ["甲乙丙丁戊己庚"] * len(refs)  # none of these characters is in the fixture's 下联
+    assert not set("".join(disjoint)) & set("".join(refs))
+    for n in (1, 2, 4):
+        assert bleu(disjoint, refs, n) == 0.0
+
+
+def test_bleu_by_hand():
+    # BLEU-2 of 天地人和 against 天地和人: unigram precision 4/4, bigram precision 1/3 (天地), no brevity
+    # penalty -> 100 * sqrt(1 * 1/3).
+    assert bleu(["天地人和"], ["天地和人"], 2) == pytest.approx(100 * math.sqrt(1 / 3))
+    # BLEU-1 of a perfect but short hypothesis: precision 1, brevity penalty exp(1 - 4/2).
+    assert bleu(["天地"], ["天地人和"], 1) == pytest.approx(100 * math.exp(-1))
+
+
+def test_bleu_rejects_mismatched_lists():
+    with pytest.raises(ValueError):
+        bleu(["天地"], ["天地", "人和"], 1)
+
+
+# --- perplexity ----------------------------------------------------------------------------------
+
+def test_perplexity_by_hand():
+    # Two lines of 3 and 1 tokens, each token with probability 1/2 -> perplexity 2.
+    assert perplexity([3 * math.log(0.5), math.log(0.5)], [3, 1]) == pytest.approx(2.0)
+    # It is a per-token mean over the corpus, not a mean of per-line perplexities.
+    assert perplexity([math.log(0.5), 3 * math.log(0.25)], [1, 3]) == pytest.approx(math.exp(-(math.log(0.5) + 3 * math.log(0.25)) / 4))
+    with pytest.raises(ValueError):
+        perplexity([], [])
+
+
+# --- form metrics --------------------------------------------------------------------------------
+
+HAND_PAIRS = [
+    # all rules hold; 乱 (仄) -> 闲 (平); rhythm points 1,3,5,6: 弦/幕 拨/沉 先/更 乱/闲 oppose 3 of 4
+    ("风弦未拨心先乱", "夜幕已沉梦更闲"),
+    # repeats mirrored, but 落 (仄) -> 去 (仄): ends_level False
+    ("花开花落", "水流水去"),
+    # 天 copied at the same position; 地 (仄) -> 人 (平)
+    ("天地", "天人"),
+    # ， against 。: punctuation not aligned; 开 is level, so ends_level does not apply
+    ("春来，花开", "秋去。叶落"),
+    # lengths differ: same_length, punctuation and repeats all fail; 高 is level
+    ("山高", "水长长"),
+]
+
+
+def test_form_metrics_on_hand_made_pairs():
+    m = form_metrics(HAND_PAIRS)
+    assert m["pairs"] == 5
+    assert m["same_length"] == pytest.approx(4 / 5)
+    assert m["punctuation_aligned"] == pytest.approx(3 / 5)
+    assert m["repeats_mirrored"] == pytest.approx(4 / 5)
+    assert m["no_copy"] == pytest.approx(4 / 5)
+    assert m["ends_level_applicable"] == 3
+    assert m["ends_level"] == pytest.approx(2 / 3)  # over applicable pairs only
+    assert m["valid"] == pytest.approx(1 / 5)
+    assert m["rhythm_defined"] == 4  # not for the pair of different lengths
+    assert m["rhythm_opposition"] == pytest.approx((0.75 + 0.0 + 1.0 + 1.0) / 4)
+    lowers = [l for _, l in HAND_PAIRS]
+    assert m["distinct_1"] == pytest.approx(distinct(lowers, 1))
+    assert m["distinct_2"] == pytest.approx(distinct(lowers, 2))
+
+
+def test_form_metrics_allow_upper_chars():
+    # 地 reused at another position: a copy only in the strict reading.
+    pairs = [("天地", "地人")]
+    assert form_metrics(pairs)["no_copy"] == 0.0
+    assert form_metrics(pairs, allow_upper_chars=True)["no_copy"] == 1.0
+
+
+def test_form_metrics_undefined_parts_are_none():
+    m = form_metrics([("山高", "水长")])  # 高 is level: ends_level does not apply
+    assert m["ends_level"] is None and m["ends_level_applicable"] == 0
+
+
+def test_reference_ceiling_on_fixture():
+    pairs, skipped = read_pairs(FIXTURE)
+    assert len(pairs) == 240 and skipped == {}
+    m = form_metrics(pairs)
+    # Human couplets: always the same length, almost always right in form, but not always.
+    assert m["same_length"] == 1.0
+    assert 0.9 < m["valid"] < 1.0
+    assert 0.9 < m["ends_level"] <= 1.0
+    assert 0.5 < m["rhythm_opposition"] < 1.0
+
+
+# --- reading a split -----------------------------------------------------------------------------
+
+def test_read_pairs_public_layout_and_xz(tmp_path):
+    (tmp_path / "in.txt").write_text("晚 风 摇 树 \n\n春 来 , 花 开 \n", encoding="utf-8")
+    with lzma.open(tmp_path / "out.txt.xz", "wt", encoding="utf-8") as f:
+        f.write("晨 露 润 花 \n天 地 \n秋 去 , 叶 落 \n")
+    pairs, skipped = read_pairs(tmp_path)
+    assert pairs == [("晚风摇树", "晨露润花"), ("春来，花开", "秋去，叶落")]  # ASCII comma made full-width
+    assert skipped == {"empty line": 1}
+    assert read_pairs(tmp_path, limit=1)[0] == [("晚风摇树", "晨露润花")]
+
+
+def test_read_pairs_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_pairs(tmp_path)
+    (tmp_path / "in.txt").write_text("天\n地\n", encoding="utf-8")
+    (tmp_path / "out.txt").write_text("人\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="2 lines"):
+        read_pairs(tmp_path)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError):
+        EvalConfig(method="nucleus")
+    with pytest.raises(ValueError):
+        EvalConfig(n=0)
+    with pytest.raises(ValueError):
+        EvalConfig(limit=0)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+def _fake_report() -> dict:
+    pairs, _ = read_pairs(FIXTURE, limit=5)
+    hyps = [l for _, l in pairs]
+    return {
+        "model": "m", "test": "t", "config": vars(EvalConfig()), "pairs": 5, "skipped": {"empty line": 1},
+        "no_candidate": 0, "bleu": {"1": 100.0, "2": 100.0, "4": 100.0}, "perplexity": 12.5,
+        "perplexity_tokens": 40,
+        "form": {"duilian": form_metrics(pairs), "reference": form_metrics(HAND_PAIRS)},
+        "throughput": {"uppers_per_s": 3.0, "decode_seconds": 1.7, "device": "cpu"},
+        "examples": [{"upper": u, "reference": l, "duilian": l} for u, l in pairs],
+        "definitions": {"bleu": "..."}, "versions": {}, "hypotheses": hyps,
+    }
+
+
+def test_render_markdown_table():
+    md = render_markdown(_fake_report())
+    assert "| metric | duilian | reference |" in md
+    assert "| BLEU-4 (characters) | 100.00 | — |" in md
+    assert "| perplexity of the reference 下联 | 12.50 | — |" in md
+    assert "| fully valid form | 100.0% | 20.0% |" in md
+    assert "| ends level when 上联 ends oblique | 100.0% | 66.7% |" in md
+    assert "empty line × 1" in md
+
+
+def test_write_report(tmp_path):
+    import json
+
+    out = write_report(_fake_report(), tmp_path / "r")
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert data["perplexity"] == 12.5 and "hypotheses" not in data
+    assert (out / "report.md").read_text(encoding="utf-8").startswith("# duilian evaluation")
+    assert len((out / "hypotheses.txt").read_text(encoding="utf-8").splitlines()) == 5

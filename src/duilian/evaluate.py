@@ -218,8 +218,8 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
     import duilian
 
     config = config or EvalConfig()
+    pairs, skipped = read_pairs(test_dir, config.limit)  # before loading the model: a wrong path fails fast
     couplets = duilian.load(model_dir, device=config.device)
-    pairs, skipped = read_pairs(test_dir, config.limit)
     pairs, unusable = _usable(pairs, couplets)
     for reason, count in unusable.items():
         skipped[reason] = skipped.get(reason, 0) + count

@@ -1,0 +1,42 @@
+"""`duilian serve`: the HTTP API and web page (duilian.serve) on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    # where to listen
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    # which model
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="model directory (a `duilian export` or HuggingFace GPT-2 dir); default: the embedded model")
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    # batching and limits
+    parser.add_argument("--max-batch", type=int, default=32,
+                        help="most requests decoded together in one model call (default 32; 1 turns batching off)")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="milliseconds the first request of a batch waits for others (default 5)")
+    parser.add_argument("--timeout-s", type=float, default=None,
+                        help="seconds a request may wait for its answer before a 504 (default: serve.REQUEST_TIMEOUT_S)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import uvicorn
+
+    from ..serve import REQUEST_TIMEOUT_S, ServeConfig, create_app
+
+    try:
+        config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch,
+                             batch_wait_ms=args.batch_wait_ms, device=args.device,
+                             request_timeout_s=args.timeout_s if args.timeout_s is not None else REQUEST_TIMEOUT_S)
+        app = create_app(args.model, config)
+    except (ValueError, FileNotFoundError) as exc:  # bad flag values, no such model, no default model yet
+        print(f"duilian serve: {exc}", file=sys.stderr)
+        return 2
+    print(f"duilian: serving on http://{config.host}:{config.port}/ (API docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    return 0

@@ -1,0 +1,348 @@
+"""The HTTP service in-process: every endpoint, every kind of bad request (4xx with a reason, and the
+server still answers afterwards), timeouts, and that concurrent requests really share model calls."""
+
+import asyncio
+import json
+import threading
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from duilian.rules import FormChecks, check_pair
+from duilian.serve import (
+    MAX_BODY_BYTES,
+    MAX_N,
+    MAX_UPPER_CHARS,
+    MicroBatcher,
+    ServeConfig,
+    create_app,
+)
+from duilian.text import PUNCTUATION, CoupletInputError
+from duilian.tokenizer import default_tokenizer
+
+
+# --- a stand-in with the API's interface: deterministic, instant, counts its calls --------------
+@dataclass
+class FakeCandidate:
+    text: str
+    score: float
+    checks: FormChecks
+
+    def to_dict(self):
+        return {"text": self.text, "score": self.score, "logprob": self.score, "rule_score": 1.0,
+                "checks": self.checks.to_dict()}
+
+
+@dataclass
+class FakeAcrostic:
+    upper: str
+    lower: str
+    score: float
+    checks: FormChecks
+
+    def to_dict(self):
+        return {"upper": self.upper, "lower": self.lower, "score": self.score, "checks": self.checks.to_dict()}
+
+
+POOL = "天地山水风云日月花草春秋江河松竹"
+
+
+class FakeCouplets:
+    max_chars = MAX_UPPER_CHARS
+    tokenizer = default_tokenizer()
+
+    def __init__(self):
+        self.calls: list[tuple[list[str], dict]] = []
+        self.lock = threading.Lock()
+
+    def _lower(self, upper, i, seed):
+        chars = [c for c in POOL if c not in upper]
+        return "".join(ch if ch in PUNCTUATION else chars[(k + i + (seed or 0)) % len(chars)]
+                       for k, ch in enumerate(upper))
+
+    def complete_batch(self, uppers, n=5, **options):
+        with self.lock:
+            self.calls.append((list(uppers), dict(options, n=n)))
+        out = []
+        for u in uppers:
+            if "坏" in u:
+                raise CoupletInputError("the fake refuses 坏")
+            out.append([FakeCandidate(low, -float(i), check_pair(u, low))
+                        for i, low in enumerate(self._lower(u, i, options.get("seed")) for i in range(n))])
+        return out
+
+    def acrostic(self, heads, length=7, n=5, **options):
+        out = []
+        for i in range(n):
+            upper = heads[0] + POOL[i:i + length - 1]
+            lower = heads[1] + POOL[::-1][i:i + length - 1]
+            out.append(FakeAcrostic(upper, lower, -float(i), check_pair(upper, lower)))
+        return out
+
+
+@pytest.fixture
+def fake():
+    return FakeCouplets()
+
+
+@pytest.fixture
+def client(fake):
+    with TestClient(create_app(fake, ServeConfig(batch_wait_ms=1))) as c:
+        yield c
+
+
+def assert_good_couplets(response, upper, n=5):
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["upper"] == upper
+    assert len(data["candidates"]) == n
+    for cand in data["candidates"]:
+        assert len(cand["text"]) == len(upper)
+        assert {"same_length", "punctuation_aligned", "repeats_mirrored", "no_copy", "ends_level",
+                "final_tone", "valid"} <= set(cand["checks"])
+        assert isinstance(cand["score"], float)
+
+
+# --- endpoints --------------------------------------------------------------------------------
+def test_couplets_normalises_and_returns_candidates_with_checks(client):
+    r = client.post("/v1/couplets", json={"upper": " 海阔凭鱼跃, 天高任鸟飞 ", "n": 3, "seed": 1})
+    assert_good_couplets(r, "海阔凭鱼跃，天高任鸟飞", n=3)
+    assert all(c["text"][5] == "，" for c in r.json()["candidates"])
+
+
+def test_options_reach_the_decoder(client, fake):
+    body = {"upper": "春风", "n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9,
+            "seed": 5, "allow_upper_chars": True}
+    assert client.post("/v1/couplets", json=body).status_code == 200
+    (uppers, options), = fake.calls
+    assert uppers == ["春风"]
+    assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": 5,
+                       "allow_upper_chars": True}
+
+
+def test_acrostic(client):
+    r = client.post("/v1/acrostic", json={"heads": "春福", "length": 5, "n": 2})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["heads"] == "春福" and data["length"] == 5 and len(data["couplets"]) == 2
+    for pair in data["couplets"]:
+        assert pair["upper"][0] == "春" and pair["lower"][0] == "福" and len(pair["upper"]) == 5
+        assert "valid" in pair["checks"]
+
+
+def test_healthz_page_docs_and_static_are_all_served_locally(client):
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["max_chars"] == MAX_UPPER_CHARS and health["max_n"] == MAX_N
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'name="viewport"' in page.text and "/static/app.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/static/docs.js" in docs.text
+    for path in ("/static/app.js", "/static/style.css", "/static/docs.js"):
+        assert client.get(path).status_code == 200, path
+    # Nothing the pages load comes from elsewhere (FastAPI's default /docs pulls swagger-ui from a CDN).
+    for text in (page.text, docs.text, client.get("/static/app.js").text, client.get("/static/docs.js").text):
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert ".innerHTML" not in client.get("/static/app.js").text
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/couplets", "/v1/acrostic", "/healthz"} <= set(spec["paths"])
+
+
+# --- bad requests: 4xx with a reason, then the server still works -----------------------------
+BAD_COUPLET_BODIES = [
+    ("not json", b"{upper: ", 400, "JSON"),
+    ("body is a list", b'["\xe6\x98\xa5"]', 422, "object"),
+    ("missing upper", b'{"n": 5}', 422, "upper is required"),
+    ("upper not a string", json.dumps({"upper": 5}), 422, "upper"),
+    ("n as a string", json.dumps({"upper": "春风", "n": "5"}), 422, "n"),
+    ("n as a bool", json.dumps({"upper": "春风", "n": True}), 422, "n"),
+    ("temperature as text", json.dumps({"upper": "春风", "temperature": "hot"}), 422, "temperature"),
+    ("empty", json.dumps({"upper": ""}), 422, "empty"),
+    ("only spaces", json.dumps({"upper": "   "}), 422, "empty"),
+    ("no chinese", json.dumps({"upper": "hello"}), 422, "no Chinese"),
+    ("emoji", json.dumps({"upper": "春风🌸"}), 422, "only Chinese"),
+    ("control character", json.dumps({"upper": "春\x00风"}), 422, "control"),
+    ("script tag", json.dumps({"upper": "<script>alert(1)</script>春"}), 422, "only Chinese"),
+    ("too long", json.dumps({"upper": "春" * (MAX_UPPER_CHARS + 1)}), 422, f"limit is {MAX_UPPER_CHARS}"),
+    ("100 KB string", json.dumps({"upper": "春" * 100_000}), 413, f"{MAX_BODY_BYTES} bytes"),
+    ("n = 0", json.dumps({"upper": "春风", "n": 0}), 422, "n"),
+    ("n too big", json.dumps({"upper": "春风", "n": MAX_N + 1}), 422, "n"),
+    ("unknown option", json.dumps({"upper": "春风", "beams": 4}), 422, "unknown option 'beams'"),
+    ("unknown method", json.dumps({"upper": "春风", "method": "greedy"}), 422, "method"),
+    ("top_p out of range", json.dumps({"upper": "春风", "top_p": 1.5}), 422, "top_p"),
+    ("negative seed", json.dumps({"upper": "春风", "seed": -1}), 422, "seed"),
+    ("unknown character", json.dumps({"upper": "春\u9fa6"}), 422, "vocabulary"),
+]
+
+
+@pytest.mark.parametrize("name, body, status, reason", BAD_COUPLET_BODIES, ids=[b[0] for b in BAD_COUPLET_BODIES])
+def test_bad_couplet_requests_get_4xx_with_a_reason(client, fake, name, body, status, reason):
+    r = client.post("/v1/couplets", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert isinstance(error, str) and reason in error
+    assert fake.calls == []  # nothing bad reached the model
+    assert_good_couplets(client.post("/v1/couplets", json={"upper": "春风"}), "春风")
+
+
+BAD_ACROSTIC_BODIES = [
+    ("one head", {"heads": "春"}, "two Chinese characters"),
+    ("three heads", {"heads": "春夏秋"}, "limit is 2"),
+    ("latin heads", {"heads": "ab"}, "no Chinese"),
+    ("punctuation head", {"heads": "春，"}, "two Chinese characters"),
+    ("length too big", {"heads": "春福", "length": 100}, "length"),
+    ("length too small", {"heads": "春福", "length": 1}, "length"),
+    ("unknown option", {"heads": "春福", "rhyme": True}, "unknown option 'rhyme'"),
+]
+
+
+@pytest.mark.parametrize("name, body, reason", BAD_ACROSTIC_BODIES, ids=[b[0] for b in BAD_ACROSTIC_BODIES])
+def test_bad_acrostic_requests_get_4xx_with_a_reason(client, name, body, reason):
+    r = client.post("/v1/acrostic", json=body)
+    assert r.status_code == 422, r.text
+    assert reason in r.json()["error"]
+    assert client.post("/v1/acrostic", json={"heads": "春福"}).status_code == 200
+
+
+def test_a_large_body_without_content_length_is_refused(client):
+    chunks = (b'{"upper": "' + b"a" * 1000 for _ in range(10))  # streamed: no Content-Length header
+    r = client.post("/v1/couplets", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["error"]
+    assert_good_couplets(client.post("/v1/couplets", json={"upper": "春风"}), "春风")
+
+
+def test_unknown_path_and_method_are_json_errors(client):
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]
+    r = client.get("/v1/couplets")
+    assert r.status_code == 405 and r.json()["error"]
+
+
+def test_model_errors_stay_with_their_request(fake):
+    # "坏" passes the text checks but the (fake) model refuses it: in a shared batch, the others still get answers.
+    app = create_app(fake, ServeConfig(max_batch=8, batch_wait_ms=200))
+    results = asyncio.run(_post_all(app, [{"upper": u, "seed": 1} for u in ("春风", "坏事", "秋月")]))
+    assert [r.status_code for r in results] == [200, 422, 200]
+    assert "refuses" in results[1].json()["error"]
+
+
+def test_timeout_is_a_504_with_a_reason_and_the_server_recovers(fake):
+    release = threading.Event()
+    slow = FakeCouplets()
+    original = slow.complete_batch
+
+    def blocked(uppers, **kw):
+        release.wait(10)
+        return original(uppers, **kw)
+
+    slow.complete_batch = blocked
+    with TestClient(create_app(slow, ServeConfig(request_timeout_s=0.3, batch_wait_ms=0))) as c:
+        r = c.post("/v1/couplets", json={"upper": "春风"})
+        assert r.status_code == 504 and "no answer within 0.3 s" in r.json()["error"]
+        release.set()
+        assert_good_couplets(c.post("/v1/couplets", json={"upper": "秋月"}), "秋月")
+
+
+def test_a_full_queue_is_a_503():
+    release = threading.Event()
+    slow = FakeCouplets()
+    original = slow.complete_batch
+    slow.complete_batch = lambda uppers, **kw: (release.wait(10), original(uppers, **kw))[1]
+    app = create_app(slow, ServeConfig(max_batch=1, batch_wait_ms=0, max_queue=2))
+
+    async def go():
+        async with _client(app) as c:
+            tasks = [asyncio.create_task(c.post("/v1/couplets", json={"upper": "春风"})) for _ in range(5)]
+            await asyncio.sleep(0.3)
+            release.set()
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(go())
+    codes = [r.status_code for r in results]
+    assert 503 in codes and 200 in codes
+    assert all("busy" in r.json()["error"] for r in results if r.status_code == 503)
+
+
+# --- micro-batching ---------------------------------------------------------------------------
+def _client(app):
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def _post_all(app, bodies, path="/v1/couplets"):
+    async with _client(app) as c:
+        return await asyncio.gather(*(c.post(path, json=b) for b in bodies))
+
+
+def test_concurrent_requests_share_model_calls(fake):
+    app = create_app(fake, ServeConfig(max_batch=16, batch_wait_ms=200))
+    uppers = ["春风", "秋月", "夏雨", "冬雪", "青山", "绿水", "白云", "明月"]
+    results = asyncio.run(_post_all(app, [{"upper": u, "seed": 3} for u in uppers]))
+    for r, u in zip(results, uppers):
+        assert_good_couplets(r, u)  # each answer belongs to its own request
+    assert len(fake.calls) < len(uppers)
+    assert max(len(batch) for batch, _ in fake.calls) > 1
+    assert sorted(u for batch, _ in fake.calls for u in batch) == sorted(uppers)
+
+
+def test_batches_only_mix_requests_with_the_same_options(fake):
+    app = create_app(fake, ServeConfig(max_batch=16, batch_wait_ms=200))
+    bodies = [{"upper": u, "seed": s, "n": n} for u in ("春风", "秋月") for s in (1, 2) for n in (2, 3)] * 2
+    results = asyncio.run(_post_all(app, bodies))
+    assert all(r.status_code == 200 for r in results)
+    assert len(fake.calls) == 4  # one per (seed, n)
+    for r, b in zip(results, bodies):
+        assert len(r.json()["candidates"]) == b["n"]
+
+
+def test_max_batch_caps_the_batch(fake):
+    app = create_app(fake, ServeConfig(max_batch=3, batch_wait_ms=200))
+    results = asyncio.run(_post_all(app, [{"upper": "春风"}] * 7))
+    assert all(r.status_code == 200 for r in results)
+    assert max(len(batch) for batch, _ in fake.calls) <= 3
+
+
+def test_batcher_runs_groups_in_arrival_order_and_survives_errors():
+    seen = []
+
+    def run_group(key, items):
+        seen.append((key, items))
+        if key == ("boom",):
+            raise RuntimeError("boom")
+        return [f"{key[0]}:{i}" for i in items]
+
+    async def go():
+        b = MicroBatcher(run_group, max_batch=8, wait_s=0.05, max_queue=100)
+        jobs = [b.submit(("a",), 1, 5), b.submit(("boom",), 2, 5), b.submit(("a",), 3, 5)]
+        out = await asyncio.gather(*jobs, return_exceptions=True)
+        after = await b.submit(("a",), 4, 5)
+        b.close()
+        return out, after
+
+    out, after = asyncio.run(go())
+    assert out[0] == "a:1" and out[2] == "a:3" and isinstance(out[1], RuntimeError)
+    assert after == "a:4"
+    assert seen[0] == (("a",), [1, 3])
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError):
+        ServeConfig(max_batch=0)
+    with pytest.raises(ValueError):
+        ServeConfig(request_timeout_s=0)
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+def test_cli_flags():
+    import argparse
+
+    from duilian.cli import serve as serve_cli
+
+    parser = argparse.ArgumentParser()
+    serve_cli.register(parser)
+    args = parser.parse_args(["--port", "9001", "--max-batch", "4", "--batch-wait-ms", "2.5"])
+    assert (args.host, args.port, args.max_batch, args.batch_wait_ms, args.model) == ("127.0.0.1", 9001, 4, 2.5, None)
+    bad = parser.parse_args(["--max-batch", "0"])
+    assert serve_cli.run(bad) == 2  # a clear message, not a traceback

@@ -1,0 +1,46 @@
+"""`duilian convert`: GPT-2 weights between UER-py checkpoints (.bin/.pt) and HuggingFace directories."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--to", required=True, choices=("hf", "uer"),
+                        help="hf: a UER checkpoint file -> a HuggingFace directory; "
+                             "uer: a HuggingFace directory -> a UER .bin state dict")
+    parser.add_argument("--input", required=True, metavar="PATH", help="the UER file or HuggingFace directory")
+    parser.add_argument("--output", required=True, metavar="PATH", help="the HuggingFace directory or UER file")
+    parser.add_argument("--layout", choices=("old", "new"), default=None,
+                        help="UER tensor names: old = the seed's era (embedding.word_embedding...), "
+                             "new = UER-py 2023 on (embedding.word.embedding...). "
+                             "Default: detected with --to hf, new with --to uer")
+    parser.add_argument("--layers", type=int, default=None, metavar="N",
+                        help="transformer layers; checked against the file (default: counted from the names)")
+    parser.add_argument("--heads", type=int, default=None, metavar="N",
+                        help="attention heads, --to hf only; UER files do not record them "
+                             "(default: hidden size / 64, as in GPT-2)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                        help="--to hf only: cast the exported weights (default: keep the file's dtype)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..convert import ConversionError, convert_hf_to_uer, convert_uer_to_hf
+
+    try:
+        if args.to == "hf":
+            dtype = getattr(torch, args.dtype) if args.dtype else None
+            out = convert_uer_to_hf(args.input, args.output, layout=args.layout, layers=args.layers,
+                                    heads=args.heads, dtype=dtype)
+        else:
+            if args.heads is not None or args.dtype is not None:
+                raise ConversionError("--heads and --dtype apply to --to hf only")
+            out = convert_hf_to_uer(args.input, args.output, layout=args.layout or "new", layers=args.layers)
+    except (ConversionError, FileNotFoundError) as err:
+        print(f"duilian convert: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0

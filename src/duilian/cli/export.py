@@ -1,0 +1,38 @@
+"""`duilian export`: a training checkpoint (or run directory) -> a HuggingFace model directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a training checkpoint file, a run directory (its final/latest checkpoint is used) "
+                             "or a HuggingFace model directory")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the model directory to write (created)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="cast the weights; float16 halves the size (default: keep the checkpoint's dtype)")
+    parser.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                        help='split the weights into safetensors files of at most SIZE, e.g. "50MB" '
+                             "(default: one file)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..export import export_model, model_from_path
+    from ..model import count_parameters
+
+    try:
+        model = model_from_path(args.checkpoint)
+    except FileNotFoundError as err:
+        print(f"duilian export: {err}", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    out = export_model(model, args.out, dtype=dtype, max_shard_size=args.max_shard_size)
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    print(f"wrote {out} ({count_parameters(model):,} parameters, {size / 2**20:.1f} MiB of weights)")
+    return 0

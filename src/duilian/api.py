@@ -1,0 +1,264 @@
+"""The Python API: text in, couplets out.
+
+    import duilian
+    c = duilian.load()                      # the embedded default model, or duilian.load("path/to/hf-dir")
+    c.complete("丹枫江冷人初去", n=5)          # -> [Candidate(text="...", score=..., checks=...), ...]
+    c.acrostic("春福", length=7)             # -> [AcrosticCouplet(upper=..., lower=...), ...]
+
+This module turns text into ids and each 上联 into a decode.LineSpec (the form rules position by position);
+decode.py does the rest without ever seeing text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from . import decode
+from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
+from .text import CoupletInputError, clean_upper, is_han, is_punct, normalize
+from .tokenizer import Tokenizer, UnknownCharacterError, default_tokenizer
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
+MAX_CHARS = 32
+"""Longest 上联 duilian accepts (the longest line in the public corpus), whatever the model's positions."""
+ACROSTIC_LOWERS = 3
+"""下联 candidates written per 藏头 上联; the best one is kept."""
+
+_TONE_CODE = {None: decode.TONE_NONE, LEVEL: decode.TONE_LEVEL, OBLIQUE: decode.TONE_OBLIQUE}
+
+
+class NoDefaultModelError(FileNotFoundError):
+    """duilian.load() without a model directory, and no default model is embedded yet."""
+
+
+@dataclass
+class Candidate:
+    """One 下联 with its score breakdown (score = logprob + decode.RULE_WEIGHT × rule_score)."""
+
+    text: str
+    score: float
+    logprob: float
+    """Mean per-token log-prob of the 下联 under the constrained distribution."""
+    rule_score: float
+    """Fraction of rhythm positions whose tones oppose the 上联's (decode.RULE_NEUTRAL when none count)."""
+    checks: FormChecks
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
+                "valid": self.checks.valid, "checks": self.checks.to_dict()}
+
+
+@dataclass
+class AcrosticCouplet:
+    """A 藏头 couplet: the 上联 starts with the first head, the 下联 with the second."""
+
+    upper: str
+    lower: str
+    score: float
+    """Mean of the two lines' scores."""
+    checks: FormChecks
+
+    def to_dict(self) -> dict:
+        return {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
+                "checks": self.checks.to_dict()}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What complete() and acrostic() accept besides the text; see decode.Search for the search fields."""
+
+    n: int = 5
+    method: str = "sample"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    """Same seed, same 上联, same options -> same candidates, whatever else is in the batch."""
+    allow_upper_chars: bool = False
+    """Let the 下联 use the 上联's characters (never at the same position)."""
+    require_level_ending: bool = True
+    """A 上联 ending 仄 gets a 下联 ending 平 (a hard rule); False leaves the final tone free."""
+
+    def search(self) -> decode.Search:
+        return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
+                             top_p=self.top_p)
+
+
+def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "CoupletWriter":
+    """A CoupletWriter for a HuggingFace GPT-2 directory (a duilian export or a copy of
+    uer/gpt2-chinese-couplet), an already loaded GPT2LMHeadModel, or None for the embedded default model."""
+    if model is None:
+        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+            raise NoDefaultModelError(
+                "no default model yet; train one with `duilian prepare ... && duilian train ... && "
+                "duilian export ...` and pass --model DIR"
+            )
+        model = DEFAULT_MODEL_DIR
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+        from .model import load_model
+
+        model = load_model(path, dtype=dtype, device=device)
+    return CoupletWriter(model.to(device).eval())
+
+
+class CoupletWriter:
+    """A model and tokenizer ready to write couplets. Build it with duilian.load()."""
+
+    def __init__(self, model, tokenizer: Tokenizer | None = None):
+        self.model = model
+        self.tokenizer = tokenizer or default_tokenizer()
+        if model.config.vocab_size != len(self.tokenizer):
+            raise ValueError(f"the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer "
+                             f"{len(self.tokenizer)}: not a duilian / gpt2-chinese-couplet model")
+        self.device = next(model.parameters()).device
+        self.max_chars = min(MAX_CHARS, (model.config.n_positions - 3) // 2)
+        self.vocab = vocab_tables(self.tokenizer).to(self.device)
+        self.net = decode.LeanGPT2(model, self.vocab)
+
+    # --- input ------------------------------------------------------------------------------------------------
+    def clean(self, upper: str) -> str:
+        """The normalised 上联, or CoupletInputError saying why it cannot be used."""
+        line = clean_upper(upper, self.max_chars)
+        self._ids(line)
+        return line
+
+    def _ids(self, line: str) -> list[int]:
+        try:
+            return self.tokenizer.encode_chars(line)
+        except UnknownCharacterError as e:
+            raise CoupletInputError(f"characters not in the model's vocabulary: {''.join(e.chars)}") from None
+
+    # --- writing ----------------------------------------------------------------------------------------------
+    def complete(self, upper: str, n: int = 5, **options) -> list[Candidate]:
+        """Up to n distinct 下联 for `upper`, best first."""
+        return self.complete_batch([upper], n, **options)[0]
+
+    def complete_batch(self, uppers: list[str], n: int = 5, **options) -> list[list[Candidate]]:
+        """complete() for many 上联 in one decoding pass."""
+        opts = Options(n=n, **options)
+        lines = [self.clean(u) for u in uppers]
+        specs = [self.lower_spec(line, opts) for line in lines]
+        hyps = decode.decode(self.net, self.vocab, specs, opts.search())
+        return [[self._candidate(line, h, opts) for h in hs] for line, hs in zip(lines, hyps)]
+
+    def lower_spec(self, upper: str, opts: Options, first: str | None = None) -> decode.LineSpec:
+        """The rules for a 下联 of `upper` (already clean), position by position. `first` forces the first
+        character (藏头)."""
+        ids = self._ids(upper)
+        n = len(upper)
+        pattern = repeat_pattern(upper)
+        punct = [is_punct(ch) for ch in upper]
+        forced = [ids[i] if punct[i] else -1 for i in range(n)]
+        if first is not None:
+            forced[0] = self._ids(first)[0]
+        last = max(i for i, ch in enumerate(upper) if is_han(ch))
+        ends_oblique = tone_of(upper[last]) == OBLIQUE
+        rhythm = set(rhythm_positions(upper))
+        return decode.LineSpec(
+            prompt=self.tokenizer.encode_prompt(upper),
+            length=n,
+            forced=forced,
+            repeat_of=[i if punct[i] else pattern[i] for i in range(n)],
+            distinct=True,
+            banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
+            banned=[] if opts.allow_upper_chars else sorted({ids[i] for i in range(n) if not punct[i]}),
+            final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
+            final_rule=decode.END_NOT_OBLIQUE if opts.require_level_ending and ends_oblique else decode.END_ANY,
+            rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(upper)],
+            seed=opts.seed,
+        )
+
+    def _candidate(self, upper: str, h: decode.Hypothesis, opts: Options) -> Candidate:
+        text = self.tokenizer.decode(h.tokens)
+        return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score,
+                         checks=check_pair(upper, text, allow_upper_chars=opts.allow_upper_chars))
+
+    def acrostic(self, heads: str, length: int = 7, n: int = 5, **options) -> list[AcrosticCouplet]:
+        """Up to n 藏头 couplets: a 上联 of `length` characters starting with heads[0] and ending 仄, written
+        by the model from [CLS]; then its 下联 starting with heads[1], under all the usual rules."""
+        opts = Options(n=n, **options)
+        heads = normalize(heads) if isinstance(heads, str) else heads
+        if not isinstance(heads, str) or len(heads) != 2 or not all(is_han(ch) for ch in heads):
+            raise CoupletInputError("藏头 needs exactly two Chinese characters, e.g. 春福")
+        if heads[0] == heads[1]:
+            raise CoupletInputError("the two 藏头 characters must differ (the 下联 may not copy the 上联 in place)")
+        h0, h1 = self._ids(heads)
+        if not isinstance(length, int) or not 2 <= length <= self.max_chars:
+            raise CoupletInputError(f"the 藏头 couplet length must be between 2 and {self.max_chars}, not {length}")
+        # 1) The 上联s: free Han characters after the first head, no second head anywhere, ending 仄.
+        upper_spec = decode.LineSpec(
+            prompt=[self.tokenizer.cls_id],
+            length=length,
+            forced=[h0] + [-1] * (length - 1),
+            repeat_of=list(range(length)),
+            distinct=False,
+            banned=[h1],
+            final_pos=length - 1,
+            final_rule=decode.END_OBLIQUE,
+            seed=opts.seed,
+        )
+        uppers = decode.decode(self.net, self.vocab, [upper_spec], opts.search())[0]
+        if not uppers:
+            return []
+        # 2) One 下联 per 上联, the best of a few, starting with the second head.
+        upper_texts = [self.tokenizer.decode(h.tokens) for h in uppers]
+        lower_opts = Options(**{**opts.__dict__, "n": ACROSTIC_LOWERS})
+        specs = [self.lower_spec(u, lower_opts, first=heads[1]) for u in upper_texts]
+        lowers = decode.decode(self.net, self.vocab, specs, lower_opts.search())
+        out = []
+        for text, up, lows in zip(upper_texts, uppers, lowers):
+            if lows:
+                low = lows[0]
+                lower = self.tokenizer.decode(low.tokens)
+                out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,
+                                           checks=check_pair(text, lower, opts.allow_upper_chars)))
+        return sorted(out, key=lambda c: -c.score)
+
+    # --- scoring ----------------------------------------------------------------------------------------------
+    def score(self, uppers: list[str], lowers: list[str]) -> list[float]:
+        """Sum of the log-probs of each 下联's tokens and the closing [SEP], given [CLS] 上联 '-' (no
+        constraints: the model's own distribution)."""
+        if len(uppers) != len(lowers):
+            raise ValueError(f"{len(uppers)} 上联 but {len(lowers)} 下联")
+        seqs, starts = [], []
+        for u, l in zip(uppers, lowers):
+            prompt = self.tokenizer.encode_prompt(self.clean(u))
+            lower = normalize(l)
+            if not lower:
+                raise CoupletInputError("the 下联 is empty")
+            seqs.append(prompt + self._ids(lower) + [self.tokenizer.sep_id])
+            starts.append(len(prompt))
+        if len(max(seqs, key=len, default=[])) > self.model.config.n_positions:
+            raise CoupletInputError(f"a couplet is longer than the model's {self.model.config.n_positions} positions")
+        scores = []
+        with torch.inference_mode():
+            for i in range(0, len(seqs), 64):
+                batch, first = seqs[i:i + 64], starts[i:i + 64]
+                T = max(len(s) for s in batch)
+                # Right padding: causal attention never lets a real token see the padding after it.
+                ids = torch.tensor([s + [self.tokenizer.pad_id] * (T - len(s)) for s in batch], device=self.device)
+                logp = torch.log_softmax(self.model(ids).logits.float(), dim=-1)  # (B, T, V)
+                for b, (s, st) in enumerate(zip(batch, first)):
+                    target = torch.tensor(s[st:], device=self.device)
+                    scores.append(logp[b, st - 1:len(s) - 1].gather(1, target[:, None]).sum().item())
+        return scores
+
+
+@lru_cache(maxsize=4)
+def vocab_tables(tokenizer: Tokenizer) -> decode.Vocab:
+    """The emittable tokens (single Han characters and the punctuation marks) and their tones."""
+    ids, han, tone = [], [], []
+    for i, tok in enumerate(tokenizer.tokens):
+        if len(tok) == 1 and (is_han(tok) or is_punct(tok)):
+            ids.append(i)
+            han.append(is_han(tok))
+            tone.append(_TONE_CODE[tone_of(tok)])
+    return decode.Vocab(ids=torch.tensor(ids), han=torch.tensor(han), tone=torch.tensor(tone, dtype=torch.int8),
+                        size=len(tokenizer))

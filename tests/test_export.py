@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from duilian import cli
+from duilian.export import export_model, seed_snippet_check
+from duilian.model import build_model
+from duilian.tokenizer import VOCAB_PATH, default_tokenizer
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.set_num_threads(1)
+    model = build_model("tiny", seed=0).eval()
+    return model, export_model(model, tmp_path_factory.mktemp("export") / "model")
+
+
+def test_the_seed_snippet_runs_verbatim_on_an_export(exported):
+    _, d = exported
+    d = str(d)
+    # The seed model card's code, as is.
+    from transformers import BertTokenizer, GPT2LMHeadModel, TextGenerationPipeline
+    tokenizer = BertTokenizer.from_pretrained(d)
+    model = GPT2LMHeadModel.from_pretrained(d)
+    text_generator = TextGenerationPipeline(model, tokenizer)
+    out = text_generator("[CLS]丹 枫 江 冷 人 初 去 -", max_length=25, do_sample=True)
+
+    assert out[0]["generated_text"].startswith("[CLS]丹 枫 江 冷 人 初 去 -")
+    assert len(out[0]["generated_text"]) > len("[CLS]丹 枫 江 冷 人 初 去 -")
+    # The tokenizer is the character-level BERT one duilian uses.
+    assert tokenizer.convert_tokens_to_ids(list("丹枫-")) == default_tokenizer().encode_chars("丹枫-")
+
+
+def test_export_files_and_ids(exported):
+    model, d = exported
+    config = json.loads((d / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (101, 102, 0)
+    assert config["architectures"] == ["GPT2LMHeadModel"] and config["activation_function"] == "gelu_new"
+    assert (d / "model.safetensors").is_file()
+    assert (d / "vocab.txt").read_bytes() == VOCAB_PATH.read_bytes()
+    gen = json.loads((d / "generation_config.json").read_text())
+    assert (gen["bos_token_id"], gen["eos_token_id"], gen["pad_token_id"], gen["do_sample"]) == (101, 102, 0, True)
+    assert gen["max_length"] <= config["n_positions"] and "max_new_tokens" not in gen  # would override max_length=25
+    assert json.loads((d / "tokenizer_config.json").read_text())["tokenizer_class"] == "BertTokenizer"
+    # The weights load back bit for bit, tied.
+    again = GPT2LMHeadModel.from_pretrained(str(d))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    assert again.lm_head.weight.data_ptr() == again.transformer.wte.weight.data_ptr()
+
+
+def test_fp16_export_is_half_the_size_and_leaves_the_model_alone(exported, tmp_path):
+    model, d = exported
+    half = export_model(model, tmp_path / "fp16", dtype=torch.float16)
+    ratio = (half / "model.safetensors").stat().st_size / (d / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
+    loaded = GPT2LMHeadModel.from_pretrained(str(half), dtype=torch.float16)
+    torch.testing.assert_close(loaded.transformer.wte.weight, model.transformer.wte.weight.half())
+
+
+def test_sharded_export_loads(exported, tmp_path):
+    model, _ = exported
+    d = export_model(model, tmp_path / "sharded", max_shard_size="2MB")
+    assert len(list(d.glob("*.safetensors"))) > 1 and (d / "model.safetensors.index.json").is_file()
+    again = GPT2LMHeadModel.from_pretrained(str(d))
+    assert torch.equal(again.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
+
+
+def test_vocabulary_size_must_match(tmp_path):
+    small = tmp_path / "vocab.txt"
+    small.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="5 tokens but the model has vocab_size 21128"):
+        export_model(build_model("tiny"), tmp_path / "out", vocab_path=small)
+
+
+def always(token_id: int, seed: int = 0) -> GPT2LMHeadModel:
+    """A tiny model that predicts `token_id` everywhere: ln_f outputs a fixed vector that only that
+    token's (tied) embedding row points along."""
+    model = build_model("tiny", seed=seed).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.transformer.wte.weight[:, 0] = 0.0
+        model.transformer.wte.weight[token_id, 0] = 30.0
+    return model
+
+
+def test_seed_snippet_check_reads_the_continuation(tmp_path):
+    tok = default_tokenizer()
+    uppers = ["丹枫江冷人初去", "春风得意"]
+    # Always 春: a 下联-shaped run of Han characters that never stops and repeats one character.
+    d = export_model(always(tok.id("春")), tmp_path / "chun")
+    report = seed_snippet_check(d, uppers, n=5)
+    assert report["n"] == 2 and report["starts_ok"] == 1.0
+    assert report["stops_at_length"] == 0.0 and report["form_valid"] == 0.0
+    assert report["examples"][0]["lower"] == "春" * 7
+    assert report["examples"][0]["generated_text"].startswith("[CLS]丹 枫 江 冷 人 初 去 -")
+    # Always [SEP]: nothing before the special token.
+    d = export_model(always(tok.sep_id), tmp_path / "sep")
+    report = seed_snippet_check(d, uppers, n=1)
+    assert report["n"] == 1 and report["starts_ok"] == 0.0 and report["examples"][0]["lower"] == ""
+
+
+def test_cli_export_from_a_model_directory(exported, tmp_path, monkeypatch, capsys):
+    # Only this module's commands: the completeness of the map is test_cli's business.
+    monkeypatch.setattr(cli, "COMMANDS", {k: cli.COMMANDS[k] for k in ("convert", "export")})
+    _, d = exported
+    out = tmp_path / "fp16"
+    assert cli.main(["export", "--checkpoint", str(d), "--out", str(out), "--dtype", "float16"]) == 0
+    assert (lambda c: c.get("dtype", c.get("torch_dtype")))(json.loads((out / "config.json").read_text())) == "float16"
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "no checkpoint or run directory" in capsys.readouterr().err

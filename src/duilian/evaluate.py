@@ -215,11 +215,11 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
              progress: bool = False) -> dict:
     """Decode every 上联 of `test_dir` with the model in `model_dir` (None: the embedded default) and
     return the report (JSON-ready; see `render_markdown`)."""
-    import duilian
+    from .api import load
 
     config = config or EvalConfig()
     pairs, skipped = read_pairs(test_dir, config.limit)  # before loading the model: a wrong path fails fast
-    couplets = duilian.load(model_dir, device=config.device)
+    couplets = load(model_dir, device=config.device)
     pairs, unusable = _usable(pairs, couplets)
     for reason, count in unusable.items():
         skipped[reason] = skipped.get(reason, 0) + count

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -90,3 +90,160 @@ class TokenizedSplit:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
+
+
+# --- batching: which lines go into which step, and how a batch is padded ---------------------------
+#
+# The data order is a pure function of (seed, epoch), so a resumed run needs no loader state: step s
+# of any run with the same seed and global batch sees the same lines. A global batch (batch × world
+# size × grad-accum lines) is cut into micro-batches; rank r at accumulation step k takes slice
+# k × world + r, so one process with the whole global batch sees exactly the same lines.
+
+IGNORE_INDEX = -100  # label of a position that carries no loss (pads, inserted prompt tokens)
+
+
+@dataclass
+class BatchSchedule:
+    """Deterministic epochs of global batches over one split.
+
+    Without bucketing an epoch is a seeded permutation cut into global batches (the last, incomplete
+    one dropped). With bucketing, the permutation is cut into chunks of `bucket_chunk` global batches;
+    each chunk is sorted by line length and cut into global batches, and the order of all the
+    epoch's batches is shuffled again, so every batch holds lines of similar length (little padding)
+    while batch order stays random.
+    """
+
+    lengths: np.ndarray
+    """int [n_lines]: tokens per line."""
+    global_batch: int
+    """Lines per optimizer step, over all ranks and accumulation steps."""
+    seed: int
+    """Seeds the permutation of every epoch (together with the epoch number)."""
+    bucket: bool = False
+    """Group lines of similar length into the same batch."""
+    bucket_chunk: int = 64
+    """Global batches per sorting chunk when bucketing: larger = less padding, less randomness."""
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.global_batch < 1:
+            raise ValueError("global batch must be at least 1")
+        if len(self.lengths) < self.global_batch:
+            raise ValueError(f"split has {len(self.lengths)} lines, fewer than one global batch of {self.global_batch}")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.lengths) // self.global_batch
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """int64 [batches_per_epoch, global_batch]: line indices of each global batch of the epoch."""
+        if epoch not in self._cache:
+            self._cache.clear()  # keep one epoch: every step of it asks again
+            self._cache[epoch] = _compute_epoch(self, epoch)
+        return self._cache[epoch]
+
+    def global_batch_at(self, step: int) -> tuple[int, np.ndarray]:
+        """(epoch, line indices [global_batch]) of optimizer step `step` (0-based)."""
+        epoch, i = divmod(step, self.batches_per_epoch)
+        return epoch, self.epoch(epoch)[i]
+
+    def micro_batches(self, step: int, rank: int, world_size: int, grad_accum: int) -> tuple[int, list[np.ndarray]]:
+        """(epoch, this rank's `grad_accum` micro-batches of step `step`, each [global_batch / (world × accum)])."""
+        parts = world_size * grad_accum
+        if self.global_batch % parts:
+            raise ValueError(f"global batch {self.global_batch} is not divisible by world × accum = {parts}")
+        epoch, batch = self.global_batch_at(step)
+        slices = batch.reshape(parts, -1)
+        return epoch, [slices[k * world_size + rank] for k in range(grad_accum)]
+
+
+def _compute_epoch(s: BatchSchedule, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([s.seed, epoch])
+    order = rng.permutation(len(s.lengths))
+    n_batches, g = s.batches_per_epoch, s.global_batch
+    order = order[: n_batches * g]
+    if not s.bucket:
+        return order.reshape(n_batches, g)
+    chunk = s.bucket_chunk * g
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        # stable sort: equal lengths keep their random order
+        order[start : start + chunk] = part[np.argsort(s.lengths[part], kind="stable")]
+    batches = order.reshape(n_batches, g)
+    return batches[rng.permutation(n_batches)]
+
+
+def v5_prompt_lines(seed: int, epoch: int, n_lines: int, frac: float) -> np.ndarray:
+    """bool [n_lines]: which lines this epoch are shown in transformers 5's prompt form (see `collate`).
+
+    Chosen per (seed, epoch, line index), so the choice does not depend on batch size, rank or resume.
+    """
+    if frac <= 0:
+        return np.zeros(n_lines, dtype=bool)
+    return np.random.default_rng([seed, epoch, 5]).random(n_lines) < frac
+
+
+@dataclass
+class Batch:
+    """One micro-batch, next-token style: `targets[b, t]` is the token after `inputs[b, t]`."""
+
+    inputs: np.ndarray
+    """int64 [B, T]: token ids, right-padded with [PAD]."""
+    targets: np.ndarray
+    """int64 [B, T]: the next token, or IGNORE_INDEX on pads and on inserted prompt tokens."""
+    n_tokens: int
+    """Real (non-pad) input positions: what tokens/s counts."""
+    n_targets: int
+    """Positions that carry loss (targets != IGNORE_INDEX)."""
+    attn_sq: int
+    """Σ over lines of (real length)²: the attention term of the FLOP count."""
+
+
+def collate(
+    split: TokenizedSplit,
+    indices: np.ndarray,
+    pad_to: int | None,
+    pad_multiple: int = 1,
+    v5_form: np.ndarray | None = None,
+    cls_id: int = 101,
+    sep_id: int = 102,
+    separator_id: int = 118,
+    pad_id: int = 0,
+) -> Batch:
+    """Build the micro-batch of lines `indices`.
+
+    `pad_to`: pad every row to this length (the seed's fixed 64), or None to pad to the batch's longest
+    row rounded up to `pad_multiple`; `pad_id` fills the input pads (their targets are IGNORE_INDEX).
+    `v5_form[j]` True shows line j as transformers 5 prompts it,
+    [CLS][CLS]上联-[SEP]下联[SEP], with no loss on predicting the two inserted tokens, so the model
+    continues that prompt correctly but never learns to emit them.
+    """
+    rows: list[np.ndarray] = []
+    masks: list[np.ndarray] = []  # True where the *target* is an inserted token
+    for j, i in enumerate(indices):
+        line = split[int(i)]  # [CLS] 上 - 下 [SEP]
+        inserted = np.zeros(len(line) + 2, dtype=bool)
+        if v5_form is not None and v5_form[j] and (pad_to is None or len(line) + 2 <= pad_to):
+            dash = int(np.flatnonzero(line == separator_id)[0])  # the first '-' ends the 上联
+            line = np.concatenate([[cls_id], line[: dash + 1], [sep_id], line[dash + 1 :]])
+            inserted[[1, dash + 2]] = True  # the second [CLS]; the [SEP] after '-'
+        rows.append(line)
+        masks.append(inserted[: len(line)])
+    longest = max(len(r) for r in rows) - 1
+    width = pad_to if pad_to is not None else -(-longest // pad_multiple) * pad_multiple
+    if longest > width:
+        raise ValueError(f"a line of {longest + 1} tokens does not fit pad length {width}")
+    inputs = np.full((len(rows), width), pad_id, dtype=np.int64)
+    targets = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
+    for b, (row, inserted) in enumerate(zip(rows, masks)):
+        n = len(row) - 1
+        inputs[b, :n] = row[:-1]
+        targets[b, :n] = np.where(inserted[1:], IGNORE_INDEX, row[1:])
+    n_real = [len(r) - 1 for r in rows]
+    return Batch(
+        inputs=inputs,
+        targets=targets,
+        n_tokens=int(sum(n_real)),
+        n_targets=int((targets != IGNORE_INDEX).sum()),
+        attn_sq=int(sum(n * n for n in n_real)),
+    )

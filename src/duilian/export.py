@@ -210,33 +210,24 @@ def seed_snippet_check(model_dir: str | Path, uppers: list[str], n: int = 100, s
 
 
 def model_from_path(path: str | Path) -> GPT2LMHeadModel:
-    """The model behind `path`: a training checkpoint file, a training run directory (its final or latest
-    checkpoint), or a HuggingFace directory (to re-export it, e.g. as float16)."""
+    """The model behind `path`: a training checkpoint file, a training run directory (its final.pt, else
+    its latest step checkpoint; see duilian.train.load_checkpoint), or a HuggingFace directory (to
+    re-export it, e.g. as float16)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
-    if path.is_dir() and (path / "config.json").is_file():
+    if path.is_dir() and _is_hf_dir(path):
         from .model import load_model
 
         return load_model(path)
-    from . import train  # the trainer owns its checkpoint format
+    from .train import model_from_checkpoint  # the trainer owns its checkpoint format
 
-    if path.is_dir():
-        path = latest_checkpoint(path)
-    return train.model_from_checkpoint(path)
+    return model_from_checkpoint(path)
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint to export from a run directory: the trainer's own choice if it names one, else a
-    file called final*, else the newest *.pt."""
-    from . import train
-
-    run_dir = Path(run_dir)
-    if hasattr(train, "latest_checkpoint"):
-        found = train.latest_checkpoint(run_dir)
-        if found is not None:
-            return Path(found)
-    files = sorted(run_dir.rglob("*.pt"), key=lambda p: (p.name.startswith("final"), p.stat().st_mtime))
-    if not files:
-        raise FileNotFoundError(f"no checkpoint (*.pt) in the run directory {run_dir}")
-    return files[-1]
+def _is_hf_dir(path: Path) -> bool:
+    # A run directory has a config.json too (the training config); a HF one names its model_type.
+    try:
+        return "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False

@@ -4,13 +4,11 @@ server still answers afterwards), timeouts, and that concurrent requests really 
 import asyncio
 import json
 import threading
-from dataclasses import dataclass
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from duilian.rules import FormChecks, check_pair
 from duilian.serve import (
     MAX_BODY_BYTES,
     MAX_N,
@@ -19,77 +17,49 @@ from duilian.serve import (
     ServeConfig,
     create_app,
 )
-from duilian.text import PUNCTUATION, CoupletInputError
-from duilian.tokenizer import default_tokenizer
+from duilian.text import CoupletInputError
 
 
-# --- a stand-in with the API's interface: deterministic, instant, counts its calls --------------
-@dataclass
-class FakeCandidate:
-    text: str
-    score: float
-    checks: FormChecks
+# --- a real tiny random model, wrapped to record (and optionally hold or refuse) its calls ----------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import duilian
+    from duilian.model import build_model
 
-    def to_dict(self):
-        return {"text": self.text, "score": self.score, "logprob": self.score, "rule_score": 1.0,
-                "checks": self.checks.to_dict()}
-
-
-@dataclass
-class FakeAcrostic:
-    upper: str
-    lower: str
-    score: float
-    checks: FormChecks
-
-    def to_dict(self):
-        return {"upper": self.upper, "lower": self.lower, "score": self.score, "checks": self.checks.to_dict()}
+    model_dir = tmp_path_factory.mktemp("tiny-model")
+    build_model("tiny", seed=0).save_pretrained(model_dir)
+    return duilian.load(model_dir)
 
 
-POOL = "天地山水风云日月花草春秋江河松竹"
+class Recording:
+    """The real Couplets, plus a record of every complete_batch call. `gate`: each call waits for it
+    (to make requests slow); `refuse`: a character whose 上联 the model side rejects."""
 
-
-class FakeCouplets:
-    max_chars = MAX_UPPER_CHARS
-    tokenizer = default_tokenizer()
-
-    def __init__(self):
+    def __init__(self, couplets, gate: threading.Event | None = None, refuse: str | None = None):
+        self.couplets, self.gate, self.refuse = couplets, gate, refuse
+        self.max_chars, self.tokenizer = couplets.max_chars, couplets.tokenizer
         self.calls: list[tuple[list[str], dict]] = []
-        self.lock = threading.Lock()
-
-    def _lower(self, upper, i, seed):
-        chars = [c for c in POOL if c not in upper]
-        return "".join(ch if ch in PUNCTUATION else chars[(k + i + (seed or 0)) % len(chars)]
-                       for k, ch in enumerate(upper))
 
     def complete_batch(self, uppers, n=5, **options):
-        with self.lock:
-            self.calls.append((list(uppers), dict(options, n=n)))
-        out = []
-        for u in uppers:
-            if "坏" in u:
-                raise CoupletInputError("the fake refuses 坏")
-            out.append([FakeCandidate(low, -float(i), check_pair(u, low))
-                        for i, low in enumerate(self._lower(u, i, options.get("seed")) for i in range(n))])
-        return out
+        self.calls.append((list(uppers), dict(options, n=n)))
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.refuse and any(self.refuse in u for u in uppers):
+            raise CoupletInputError(f"the model side refuses {self.refuse}")
+        return self.couplets.complete_batch(uppers, n, **options)
 
     def acrostic(self, heads, length=7, n=5, **options):
-        out = []
-        for i in range(n):
-            upper = heads[0] + POOL[i:i + length - 1]
-            lower = heads[1] + POOL[::-1][i:i + length - 1]
-            out.append(FakeAcrostic(upper, lower, -float(i), check_pair(upper, lower)))
-        return out
+        return self.couplets.acrostic(heads, length, n, **options)
 
 
 @pytest.fixture
-def fake():
-    return FakeCouplets()
+def model(tiny):
+    return Recording(tiny)
 
 
 @pytest.fixture
-def client(fake):
-    with TestClient(create_app(fake, ServeConfig(batch_wait_ms=1))) as c:
+def client(model):
+    with TestClient(create_app(model, ServeConfig(batch_wait_ms=1))) as c:
         yield c
 
 
@@ -112,11 +82,11 @@ def test_couplets_normalises_and_returns_candidates_with_checks(client):
     assert all(c["text"][5] == "，" for c in r.json()["candidates"])
 
 
-def test_options_reach_the_decoder(client, fake):
+def test_options_reach_the_decoder(client, model):
     body = {"upper": "春风", "n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9,
             "seed": 5, "allow_upper_chars": True}
     assert client.post("/v1/couplets", json=body).status_code == 200
-    (uppers, options), = fake.calls
+    (uppers, options), = model.calls
     assert uppers == ["春风"]
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": 5,
                        "allow_upper_chars": True}
@@ -179,16 +149,17 @@ BAD_COUPLET_BODIES = [
 
 
 @pytest.mark.parametrize("name, body, status, reason", BAD_COUPLET_BODIES, ids=[b[0] for b in BAD_COUPLET_BODIES])
-def test_bad_couplet_requests_get_4xx_with_a_reason(client, fake, name, body, status, reason):
+def test_bad_couplet_requests_get_4xx_with_a_reason(client, model, name, body, status, reason):
     r = client.post("/v1/couplets", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert isinstance(error, str) and reason in error
-    assert fake.calls == []  # nothing bad reached the model
+    assert model.calls == []  # nothing bad reached the model
     assert_good_couplets(client.post("/v1/couplets", json={"upper": "春风"}), "春风")
 
 
 BAD_ACROSTIC_BODIES = [
+    ("same heads", {"heads": "春春"}, "differ"),
     ("one head", {"heads": "春"}, "two Chinese characters"),
     ("three heads", {"heads": "春夏秋"}, "limit is 2"),
     ("latin heads", {"heads": "ab"}, "no Chinese"),
@@ -221,24 +192,17 @@ def test_unknown_path_and_method_are_json_errors(client):
     assert r.status_code == 405 and r.json()["error"]
 
 
-def test_model_errors_stay_with_their_request(fake):
-    # "坏" passes the text checks but the (fake) model refuses it: in a shared batch, the others still get answers.
-    app = create_app(fake, ServeConfig(max_batch=8, batch_wait_ms=200))
+def test_model_errors_stay_with_their_request(tiny):
+    # "坏" passes the server's checks but the model side refuses it: in a shared batch, the others still get answers.
+    app = create_app(Recording(tiny, refuse="坏"), ServeConfig(max_batch=8, batch_wait_ms=200))
     results = asyncio.run(_post_all(app, [{"upper": u, "seed": 1} for u in ("春风", "坏事", "秋月")]))
     assert [r.status_code for r in results] == [200, 422, 200]
     assert "refuses" in results[1].json()["error"]
 
 
-def test_timeout_is_a_504_with_a_reason_and_the_server_recovers(fake):
+def test_timeout_is_a_504_with_a_reason_and_the_server_recovers(tiny):
     release = threading.Event()
-    slow = FakeCouplets()
-    original = slow.complete_batch
-
-    def blocked(uppers, **kw):
-        release.wait(10)
-        return original(uppers, **kw)
-
-    slow.complete_batch = blocked
+    slow = Recording(tiny, gate=release)
     with TestClient(create_app(slow, ServeConfig(request_timeout_s=0.3, batch_wait_ms=0))) as c:
         r = c.post("/v1/couplets", json={"upper": "春风"})
         assert r.status_code == 504 and "no answer within 0.3 s" in r.json()["error"]
@@ -246,11 +210,9 @@ def test_timeout_is_a_504_with_a_reason_and_the_server_recovers(fake):
         assert_good_couplets(c.post("/v1/couplets", json={"upper": "秋月"}), "秋月")
 
 
-def test_a_full_queue_is_a_503():
+def test_a_full_queue_is_a_503(tiny):
     release = threading.Event()
-    slow = FakeCouplets()
-    original = slow.complete_batch
-    slow.complete_batch = lambda uppers, **kw: (release.wait(10), original(uppers, **kw))[1]
+    slow = Recording(tiny, gate=release)
     app = create_app(slow, ServeConfig(max_batch=1, batch_wait_ms=0, max_queue=2))
 
     async def go():
@@ -276,32 +238,43 @@ async def _post_all(app, bodies, path="/v1/couplets"):
         return await asyncio.gather(*(c.post(path, json=b) for b in bodies))
 
 
-def test_concurrent_requests_share_model_calls(fake):
-    app = create_app(fake, ServeConfig(max_batch=16, batch_wait_ms=200))
+def test_concurrent_requests_share_model_calls(model):
+    app = create_app(model, ServeConfig(max_batch=16, batch_wait_ms=200))
     uppers = ["春风", "秋月", "夏雨", "冬雪", "青山", "绿水", "白云", "明月"]
     results = asyncio.run(_post_all(app, [{"upper": u, "seed": 3} for u in uppers]))
     for r, u in zip(results, uppers):
         assert_good_couplets(r, u)  # each answer belongs to its own request
-    assert len(fake.calls) < len(uppers)
-    assert max(len(batch) for batch, _ in fake.calls) > 1
-    assert sorted(u for batch, _ in fake.calls for u in batch) == sorted(uppers)
+    assert len(model.calls) < len(uppers)
+    assert max(len(batch) for batch, _ in model.calls) > 1
+    assert sorted(u for batch, _ in model.calls for u in batch) == sorted(uppers)
 
 
-def test_batches_only_mix_requests_with_the_same_options(fake):
-    app = create_app(fake, ServeConfig(max_batch=16, batch_wait_ms=200))
+def test_a_seeded_request_gets_the_same_answer_alone_or_batched(model):
+    alone = asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=1)), [{"upper": "春风得意", "seed": 11}]))[0]
+    others = ["秋月无边", "春风得意", "夏雨连天", "冬雪映梅"]
+    model.calls.clear()
+    batched = asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=8, batch_wait_ms=200)),
+                                    [{"upper": u, "seed": 11} for u in others]))[1]
+    assert max(len(batch) for batch, _ in model.calls) > 1  # it really was decoded with others
+    assert alone.status_code == batched.status_code == 200
+    assert alone.json() == batched.json()
+
+
+def test_batches_only_mix_requests_with_the_same_options(model):
+    app = create_app(model, ServeConfig(max_batch=16, batch_wait_ms=200))
     bodies = [{"upper": u, "seed": s, "n": n} for u in ("春风", "秋月") for s in (1, 2) for n in (2, 3)] * 2
     results = asyncio.run(_post_all(app, bodies))
     assert all(r.status_code == 200 for r in results)
-    assert len(fake.calls) == 4  # one per (seed, n)
+    assert len(model.calls) == 4  # one per (seed, n)
     for r, b in zip(results, bodies):
         assert len(r.json()["candidates"]) == b["n"]
 
 
-def test_max_batch_caps_the_batch(fake):
-    app = create_app(fake, ServeConfig(max_batch=3, batch_wait_ms=200))
+def test_max_batch_caps_the_batch(model):
+    app = create_app(model, ServeConfig(max_batch=3, batch_wait_ms=200))
     results = asyncio.run(_post_all(app, [{"upper": "春风"}] * 7))
     assert all(r.status_code == 200 for r in results)
-    assert max(len(batch) for batch, _ in fake.calls) <= 3
+    assert max(len(batch) for batch, _ in model.calls) <= 3
 
 
 def test_batcher_runs_groups_in_arrival_order_and_survives_errors():

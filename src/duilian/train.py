@@ -256,7 +256,7 @@ def _model_meta(cfg: TrainConfig) -> dict:
         "preset": asdict(PRESETS[cfg.preset]),
         "dropout": cfg.dropout,
         "config": asdict(cfg),
-        "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
+        "versions": {"torch": str(torch.__version__), "transformers": str(_transformers_version())},
     }
 
 

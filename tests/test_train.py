@@ -1,0 +1,290 @@
+"""Training: batching (dataset.BatchSchedule / collate), the loss, the loop end to end, DDP equals one
+process, kill -9 + --resume equals an uninterrupted run, and checkpoints load with weights_only=True.
+
+All runs use the `tiny` preset on the 240-pair fixture, single-threaded so that runs in different
+processes compute bit-identical numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines, write_dataset
+from duilian.model import build_model
+from duilian.tokenizer import default_tokenizer
+from duilian.train import (
+    LMLoss,
+    TrainConfig,
+    config_fields,
+    latest_checkpoint,
+    load_checkpoint,
+    lr_multiplier,
+    model_from_checkpoint,
+    train,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "couplets"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(k, None)
+
+
+def fixture_pairs() -> list[tuple[str, str]]:
+    read = lambda name: [l.replace(" ", "").strip() for l in (FIXTURE / name).read_text(encoding="utf-8").splitlines()]  # noqa: E731
+    return list(zip(read("in.txt"), read("out.txt")))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    pairs = fixture_pairs()
+    assert len(pairs) == 240
+    out = tmp_path_factory.mktemp("data")
+    write_dataset(out, {"train": pairs[:200], "val": pairs[200:]}, default_tokenizer(), seq_len=64)
+    return out
+
+
+@contextmanager
+def one_thread():
+    """In-process runs use one thread, like the subprocesses (OMP_NUM_THREADS=1), for bit-equal results."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def tiny(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data_dir), out=str(out), preset="tiny", steps=10, batch_size=8, lr=3e-3,
+                report_every=5, eval_every=0, eval_batches=2, save_every=1000)
+    return TrainConfig(**{**base, **kw})
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """The `duilian train` flags that reproduce `cfg`."""
+    args = []
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(cfg, f.name)
+        if v == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        args += [flag] if v is True else [flag, str(v)]
+    return args
+
+
+def final_state(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "final.pt")["model"]
+
+
+# --- batching -----------------------------------------------------------------------------------
+def test_data_order_is_a_function_of_seed_and_epoch(data_dir):
+    lengths = TokenizedSplit.open(data_dir, "train").lengths
+    for bucket in (False, True):
+        a = BatchSchedule(lengths, 16, seed=3, bucket=bucket, bucket_chunk=4)
+        b = BatchSchedule(lengths, 16, seed=3, bucket=bucket, bucket_chunk=4)
+        assert np.array_equal(a.epoch(1), b.epoch(1))
+        assert not np.array_equal(a.epoch(0), a.epoch(1))
+        e = a.epoch(0)
+        assert e.shape == (200 // 16, 16) and len(np.unique(e)) == e.size  # no line twice in an epoch
+        # the global batch at step s is the one every rank slices: ranks × accum rebuild it exactly
+        _, whole = a.global_batch_at(13)
+        parts = [a.micro_batches(13, r, 2, 2)[1] for r in range(2)]
+        rebuilt = np.concatenate([parts[r][k] for k in range(2) for r in range(2)])
+        assert np.array_equal(np.sort(rebuilt), np.sort(whole))
+
+
+def test_bucketing_cuts_padding(data_dir):
+    split = TokenizedSplit.open(data_dir, "train")
+    pad = {}
+    for bucket in (False, True):
+        s = BatchSchedule(split.lengths, 16, seed=0, bucket=bucket, bucket_chunk=12)
+        total = real = 0
+        for idx in s.epoch(0):
+            b = collate(split, idx, pad_to=None)
+            total += b.inputs.size
+            real += b.n_tokens
+        pad[bucket] = 1 - real / total
+    assert pad[True] < pad[False] / 2, pad
+
+
+def test_collate_shows_the_transformers5_prompt_without_teaching_its_tokens(data_dir):
+    tok = default_tokenizer()
+    split = TokenizedSplit.open(data_dir, "train")
+    b = collate(split, np.array([1, 2]), pad_to=64, v5_form=np.array([True, False]))
+    upper, lower = fixture_pairs()[1]
+    line = tok.v5_prompt_ids(upper) + tok.encode_chars(lower) + [tok.sep_id]
+    n = len(line) - 1
+    assert b.inputs.shape == (2, 64)
+    assert b.inputs[0, :n].tolist() == line[:-1] and (b.inputs[0, n:] == tok.pad_id).all()
+    expected = line[1:]
+    expected[0] = IGNORE_INDEX  # the second [CLS]
+    expected[len(upper) + 2] = IGNORE_INDEX  # the [SEP] after '-'
+    assert b.targets[0, :n].tolist() == expected and (b.targets[0, n:] == IGNORE_INDEX).all()
+    # either form: a line of L tokens carries L - 1 targets (the trainer's global count relies on it)
+    assert b.n_targets == int((split.lengths[[1, 2]] - 1).sum())
+    # plain form, padded to the batch's longest rounded to 8
+    c = collate(split, np.array([2]), pad_to=None, pad_multiple=8)
+    assert c.inputs.shape[1] % 8 == 0 and c.targets[0, split.lengths[2] - 2] == tok.sep_id
+
+
+def test_v5_choice_is_per_epoch_and_line():
+    a, b = v5_prompt_lines(7, 0, 10_000, 0.05), v5_prompt_lines(7, 0, 10_000, 0.05)
+    assert np.array_equal(a, b) and 0.03 < a.mean() < 0.07
+    assert not np.array_equal(a, v5_prompt_lines(7, 1, 10_000, 0.05))
+    assert not v5_prompt_lines(7, 0, 100, 0.0).any()
+
+
+# --- loss, schedule, config ---------------------------------------------------------------------
+def test_loss_ignores_padding(data_dir):
+    split = TokenizedSplit.open(data_dir, "train")
+    loss = LMLoss(build_model("tiny", dropout=0.0, seed=0)).eval()
+    idx = np.arange(8)
+    sums = []
+    for pad_to in (64, None):
+        b = collate(split, idx, pad_to=pad_to, pad_id=102)
+        keep = torch.from_numpy(np.flatnonzero(b.targets.reshape(-1) != IGNORE_INDEX))
+        with torch.no_grad():
+            sums.append(loss(torch.from_numpy(b.inputs), torch.from_numpy(b.targets), keep).item())
+    assert sums[0] == pytest.approx(sums[1], rel=1e-5)
+    # and the sum matches transformers' own loss (mean over the same tokens) on the unpadded lines
+    model = loss.model
+    ref = 0.0
+    for i in idx:
+        x = torch.from_numpy(split[int(i)])[None]
+        with torch.no_grad():
+            ref += model(x, labels=x).loss.item() * (x.size(1) - 1)
+    assert sums[1] == pytest.approx(ref, rel=1e-4)
+
+
+def test_lr_schedule_is_uer_warmup_then_linear_decay():
+    steps = 1000
+    lrs = [lr_multiplier(s, steps, 0.1) for s in range(steps)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[99] == pytest.approx(1.0)
+    assert lrs[100] == pytest.approx(1.0) and lrs[550] == pytest.approx(0.5) and lrs[-1] == pytest.approx(1 / 900)
+    assert all(a <= b for a, b in zip(lrs[:100], lrs[1:100])) and all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
+
+
+def test_cli_has_a_flag_per_config_field_and_keeps_the_seed_defaults():
+    from duilian.cli import train as cli
+
+    p = argparse.ArgumentParser()
+    cli.register(p)
+    dests = {a.dest for a in p._actions} - {"help"}
+    assert set(config_fields()) == dests
+    args = p.parse_args(["--data", "D", "--out", "O"])
+    cfg = TrainConfig(**vars(args))
+    assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.warmup, cfg.seq_len, cfg.save_every, cfg.report_every,
+            cfg.preset) == (25_000, 5e-4, 64, 0.1, 64, 5000, 1000, "base")
+    args = p.parse_args(["--data", "D", "--out", "O", "--pad", "fixed", "--bucket", "--steps", "7"])
+    assert (args.pad, args.bucket, args.steps) == ("fixed", True, 7)
+    with pytest.raises(ValueError, match="preset"):
+        TrainConfig(data="D", out="O", preset="huge")
+
+
+def test_compiling_in_place_keeps_state_dict_names():
+    # The cause of nanoGPT's `_orig_mod.` prefix is wrapping the module; nn.Module.compile() does not.
+    model = build_model("tiny", seed=0)
+    before = list(model.state_dict())
+    model.transformer.compile()
+    assert list(model.state_dict()) == before and not any("_orig_mod" in k for k in before)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    with one_thread():
+        train(tiny(data_dir, out, steps=30, eval_every=15, save_every=15, report_every=5, bucket=True))
+    return out
+
+
+def test_end_to_end_loss_falls_and_logs_are_written(run_dir):
+    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if r["event"] == "train"]
+    val = [r for r in recs if r["event"] == "val"]
+    assert [r["step"] for r in train_recs] == [5, 10, 15, 20, 25, 30] and [r["step"] for r in val] == [0, 15, 30]
+    assert train_recs[-1]["loss"] < train_recs[0]["loss"] - 1.0
+    assert val[-1]["val_loss"] < val[0]["val_loss"] - 1.0
+    assert val[-1]["val_ppl"] == pytest.approx(np.exp(val[-1]["val_loss"]))
+    assert all(r["tokens_per_s"] > 0 and 0 <= r["lr"] <= 3e-3 for r in train_recs)
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run_dir / "config.json").read_text())["global_batch"] == 8
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(run_dir):
+    ckpt_dir = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.glob("*.pt")) == ["step_0000015.pt", "step_0000030.pt"]
+    assert latest_checkpoint(run_dir).name == "step_0000030.pt"
+    assert not list(ckpt_dir.glob("*.tmp"))
+    for path in [*ckpt_dir.glob("*.pt"), run_dir / "final.pt"]:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert not any("_orig_mod" in k for k in ckpt["model"])
+        assert ckpt["preset_name"] == "tiny" and ckpt["config"]["steps"] == 30
+    step = torch.load(ckpt_dir / "step_0000030.pt", weights_only=True)
+    assert {"optimizer", "scheduler", "rng", "step", "world_size", "global_batch"} <= set(step)
+    model = model_from_checkpoint(run_dir)  # the run dir means its final.pt
+    assert not model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, step["model"][k]), k
+
+
+def test_resume_refuses_changed_settings(run_dir, data_dir):
+    with pytest.raises(ValueError, match="lr"):
+        train(tiny(data_dir, run_dir, steps=30, lr=1e-3, resume=True, bucket=True))
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_ends_with_the_same_weights(data_dir, tmp_path):
+    # dropout on, bucketing, v5 lines and an epoch boundary (12 steps/epoch) all in play
+    kw = dict(steps=16, batch_size=16, save_every=5, eval_every=5, v5_prompt_frac=0.2, bucket=True, bucket_chunk=3)
+    with one_thread():
+        train(tiny(data_dir, tmp_path / "whole", **kw))
+
+    killed = tiny(data_dir, tmp_path / "cut", fault_at_step=8, **kw)
+    proc = subprocess.run([sys.executable, "-m", "duilian.cli.train", *cli_args(killed)], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert latest_checkpoint(tmp_path / "cut").name == "step_0000005.pt"
+    assert not (tmp_path / "cut" / "final.pt").exists()
+
+    with one_thread():
+        train(tiny(data_dir, tmp_path / "cut", resume=True, **kw))
+    a, b = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the metrics file holds each step once
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["event"] == "train"]
+    assert steps == sorted(set(steps))
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_equals_one_process_with_the_same_global_batch(data_dir, tmp_path):
+    kw = dict(steps=4, dropout=0.0, report_every=2, v5_prompt_frac=0.2, bucket=True, bucket_chunk=3)
+    with one_thread():
+        train(tiny(data_dir, tmp_path / "one", batch_size=8, **kw))
+    two = tiny(data_dir, tmp_path / "two", batch_size=4, **kw)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "duilian.cli.train", *cli_args(two)],
+        env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert torch.load(latest_checkpoint(tmp_path / "two"), weights_only=True)["world_size"] == 2
+    a, b = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    # and the logged loss is the same global mean per token
+    loss = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+                      if '"train"' in l]
+    assert loss(tmp_path / "two") == pytest.approx(loss(tmp_path / "one"), rel=1e-5)

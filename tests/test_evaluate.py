@@ -1,5 +1,5 @@
 """duilian.evaluate: metric functions against hand-computed values, the reference ceiling on the fixture
-split, the report renderer, and (once the API is there) an end-to-end run on a tiny random model."""
+split, the report renderer, the glue against a stand-in API, and an end-to-end run on a tiny random model."""
 
 from __future__ import annotations
 
@@ -238,7 +238,6 @@ def _reference_perplexity(model_dir, pairs) -> float:
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_tiny_model(tiny_model_dir, tmp_path):
-    pytest.importorskip("duilian.api")
     import argparse
     import json
 
@@ -248,7 +247,7 @@ def test_evaluate_end_to_end_tiny_model(tiny_model_dir, tmp_path):
     cli.register(parser)
     out = tmp_path / "report"
     args = parser.parse_args(["--model", str(tiny_model_dir), "--test", str(FIXTURE), "--limit", "20",
-                              "--batch-size", "8", "--out", str(out), "--quiet"])
+                              "--batch-size", "10", "--out", str(out), "--quiet"])
     assert cli.run(args) == 0
 
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
@@ -328,10 +327,10 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
     report = evaluate("m", tmp_path, EvalConfig(method="greedy", n=3, batch_size=2, seed=7))
     assert report["pairs"] == 3
     assert report["skipped"] == {"上联 longer than 8 characters": 1, "character outside the vocabulary": 1}
-    # Batches of 2; greedy is sampling from the top token only; n is passed through.
+    # Batches of 2; greedy is the decoder's temperature-0 sampling; n is passed through.
     assert [len(c[0]) for c in fake.calls] == [2, 1]
     assert fake.calls[0][1] == 3
-    assert fake.calls[0][2] == {"method": "sample", "top_k": 1, "seed": 7, "allow_upper_chars": False}
+    assert fake.calls[0][2] == {"method": "sample", "temperature": 0.0, "allow_upper_chars": False}
     # The top candidate is the hypothesis; a 上联 without candidates counts as an empty, invalid line.
     assert report["hypotheses"] == ["", "绿柳堤新燕复来", "兴起高歌酒醉中"]
     assert report["no_candidate"] == 1
@@ -342,3 +341,16 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
     assert report["perplexity"] == pytest.approx(2.0)
     assert report["perplexity_tokens"] == 3 * 8
     assert "| 上联 with no candidate | 1 | — |" in render_markdown(report)
+
+
+@pytest.mark.slow
+def test_evaluate_greedy_and_seeded_sampling(tiny_model_dir):
+    from duilian.evaluate import evaluate
+
+    greedy = evaluate(tiny_model_dir, FIXTURE, EvalConfig(limit=4, method="greedy"))
+    assert greedy["form"]["duilian"]["valid"] == 1.0
+    sample = [evaluate(tiny_model_dir, FIXTURE, EvalConfig(limit=4, method="sample", n=2, seed=3, batch_size=s))
+              for s in (4, 1)]
+    # Same seed, same hypotheses, whatever the batching.
+    assert sample[0]["hypotheses"] == sample[1]["hypotheses"]
+    assert sample[0]["form"]["duilian"]["valid"] == 1.0

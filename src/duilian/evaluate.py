@@ -56,9 +56,10 @@ class EvalConfig:
     limit: int | None = None
     """Evaluate only the first `limit` pairs of the test split (None: all)."""
     n: int = 1
-    """Candidates decoded per 上联; the top one is the hypothesis (for beam search, also the beam width's floor)."""
+    """Candidates decoded per 上联; the top one is the hypothesis. For beam search n is also the beam width
+    (so n=1 is greedy with the decoder's rule bonus); greedy decoding always writes one."""
     method: str = "beam"
-    """'beam', 'sample', or 'greedy' (= sampling restricted to the single most likely allowed token)."""
+    """'beam', 'sample', or 'greedy' (the decoder's temperature-0 sampling: the most likely allowed token)."""
     batch_size: int = 32
     """上联 per decoding pass and pairs per perplexity forward pass."""
     seed: int = 0
@@ -183,8 +184,8 @@ def _decode_options(config: EvalConfig) -> dict:
     if config.method == "beam":
         return {"method": "beam", **common}
     if config.method == "greedy":
-        # Sampling from the one most likely allowed token is greedy decoding under the form masks.
-        return {"method": "sample", "top_k": 1, "seed": config.seed, **common}
+        # Temperature 0 is the decoder's greedy mode: the most likely allowed token at every step.
+        return {"method": "sample", "temperature": 0.0, **common}
     return {"method": "sample", "seed": config.seed, **common}
 
 

@@ -17,9 +17,10 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="evaluate only the first N pairs (default: all)")
     # decoding
     parser.add_argument("--n", type=int, default=1,
-                        help="candidates decoded per 上联; the top one is scored (default: 1)")
+                        help="candidates decoded per 上联, the top one is scored; for beam also the beam width "
+                             "(default: 1)")
     parser.add_argument("--method", choices=("beam", "sample", "greedy"), default="beam",
-                        help="decoding method (default: beam)")
+                        help="decoding method; greedy = temperature-0 sampling (default: beam)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B",
                         help="上联 per decoding pass and pairs per scoring pass (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --method sample (default: 0)")

@@ -69,6 +69,19 @@ def test_sharded_export_loads(exported, tmp_path):
     assert torch.equal(again.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
 
 
+def test_exporting_over_an_export_replaces_its_weights(exported, tmp_path):
+    # A stale model.safetensors next to a new shard index would be what from_pretrained loads.
+    model, _ = exported
+    other = build_model("tiny", seed=1)
+    export_model(model, tmp_path / "m")
+    export_model(other, tmp_path / "m", max_shard_size="2MB")
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+    again = GPT2LMHeadModel.from_pretrained(str(tmp_path / "m"))
+    assert torch.equal(again.transformer.wpe.weight, other.transformer.wpe.weight)
+    export_model(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").glob("model*")) == ["model.safetensors"]
+
+
 def test_vocabulary_size_must_match(tmp_path):
     small = tmp_path / "vocab.txt"
     small.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
@@ -111,6 +124,25 @@ def test_cli_export_from_a_model_directory(exported, tmp_path, monkeypatch, caps
     _, d = exported
     out = tmp_path / "fp16"
     assert cli.main(["export", "--checkpoint", str(d), "--out", str(out), "--dtype", "float16"]) == 0
-    assert (lambda c: c.get("dtype", c.get("torch_dtype")))(json.loads((out / "config.json").read_text())) == "float16"
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"  # transformers 4 names it torch_dtype
     assert cli.main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "no checkpoint or run directory" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(reason="duilian.train.save_final stores torch.__version__ (a TorchVersion), which "
+                          "torch.load(weights_only=True) refuses; reported to the lead", strict=False)
+def test_cli_export_from_a_run_directory_uses_final_pt(tmp_path, monkeypatch):
+    train = pytest.importorskip("duilian.train")
+    monkeypatch.setattr(cli, "COMMANDS", {k: cli.COMMANDS[k] for k in ("convert", "export")})
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = train.TrainConfig(data=str(tmp_path / "data"), out=str(run), preset="tiny")
+    (run / "config.json").write_text(json.dumps({"preset": "tiny"}))  # a run's own config.json is not a model
+    model = build_model("tiny", seed=1).eval()
+    train.save_final(run, 10, model, cfg, {})
+    assert cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "hf")]) == 0
+    again = GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf"))
+    assert torch.equal(again.transformer.wpe.weight, model.transformer.wpe.weight)
+    # The checkpoint file itself works too.
+    assert cli.main(["export", "--checkpoint", str(run / "final.pt"), "--out", str(tmp_path / "hf2")]) == 0

@@ -42,6 +42,10 @@ DEFAULT_MAX_LENGTH = 2 * MAX_LINE_CHARS + 5
 n_positions). Set as a total length, not max_new_tokens, because a max_new_tokens in the generation config
 would override the seed snippet's own `max_length=25`."""
 
+WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json",
+                "pytorch_model*.bin", "pytorch_model.bin.index.json")
+"""Weight files of a HuggingFace directory, removed before an export writes its own."""
+
 DEFAULT_TOP_K = 50
 """Sampling default: the 50 most likely characters (transformers' own default, written out)."""
 
@@ -82,8 +86,12 @@ def export_model(
     model.config.pad_token_id = tok.pad_id
     model.generation_config = generation_config(model.config.n_positions, tok)
 
-    # 3) Weights + config.json + generation_config.json. transformers 5 always writes safetensors and
-    #    no longer names the flag; transformers 4 needs it.
+    # 3) Weights + config.json + generation_config.json. Weights of an earlier export go first: a stale
+    #    model.safetensors next to a new shard index is what from_pretrained would load.
+    #    transformers 5 always writes safetensors and no longer names the flag; transformers 4 needs it.
+    for pattern in WEIGHT_FILES:
+        for stale in out.glob(pattern):
+            stale.unlink()
     kwargs = {}
     if "safe_serialization" in inspect.signature(model.save_pretrained).parameters:
         kwargs["safe_serialization"] = True

@@ -130,8 +130,6 @@ def test_cli_export_from_a_model_directory(exported, tmp_path, monkeypatch, caps
     assert "no checkpoint or run directory" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(reason="duilian.train.save_final stores torch.__version__ (a TorchVersion), which "
-                          "torch.load(weights_only=True) refuses; reported to the lead", strict=False)
 def test_cli_export_from_a_run_directory_uses_final_pt(tmp_path, monkeypatch):
     train = pytest.importorskip("duilian.train")
     monkeypatch.setattr(cli, "COMMANDS", {k: cli.COMMANDS[k] for k in ("convert", "export")})

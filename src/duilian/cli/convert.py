@@ -22,7 +22,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="attention heads, --to hf only; UER files do not record them "
                              "(default: hidden size / 64, as in GPT-2)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                        help="--to hf only: cast the exported weights (default: keep the file's dtype)")
+                        help="--to hf only: cast the exported weights (default: float32)")
 
 
 def run(args: argparse.Namespace) -> int:

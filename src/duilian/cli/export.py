@@ -14,7 +14,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "or a HuggingFace model directory")
     parser.add_argument("--out", required=True, metavar="DIR", help="the model directory to write (created)")
     parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="cast the weights; float16 halves the size (default: keep the checkpoint's dtype)")
+                        help="cast the weights; float16 halves the size (default: float32)")
     parser.add_argument("--max-shard-size", default=None, metavar="SIZE",
                         help='split the weights into safetensors files of at most SIZE, e.g. "50MB" '
                              "(default: one file)")

@@ -88,8 +88,8 @@ class Options:
                              top_p=self.top_p)
 
 
-def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "CoupletWriter":
-    """A CoupletWriter for a HuggingFace GPT-2 directory (a duilian export or a copy of
+def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "Couplets":
+    """A Couplets for a HuggingFace GPT-2 directory (a duilian export or a copy of
     uer/gpt2-chinese-couplet), an already loaded GPT2LMHeadModel, or None for the embedded default model."""
     if model is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -105,10 +105,10 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
         from .model import load_model
 
         model = load_model(path, dtype=dtype, device=device)
-    return CoupletWriter(model.to(device).eval())
+    return Couplets(model.to(device).eval())
 
 
-class CoupletWriter:
+class Couplets:
     """A model and tokenizer ready to write couplets. Build it with duilian.load()."""
 
     def __init__(self, model, tokenizer: Tokenizer | None = None):

@@ -351,9 +351,16 @@ def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: 
         tone = vocab.tone[None, :]
         layers.append((rule == END_ANY) | ((rule == END_NOT_OBLIQUE) & (tone != TONE_OBLIQUE))
                       | ((rule == END_OBLIQUE) & (tone == TONE_OBLIQUE)))
+    strict = allowed.clone()
     for layer in layers:
-        tightened = allowed & layer
-        allowed = torch.where(tightened.any(dim=1, keepdim=True), tightened, allowed)
+        strict &= layer
+    stuck = ~strict.any(dim=1)  # rows the rules leave with nothing (only with tiny vocabularies)
+    if stuck.any():
+        for layer in layers:
+            tightened = allowed & layer
+            allowed = torch.where(tightened.any(dim=1, keepdim=True), tightened, allowed)
+        strict[stuck] = allowed[stuck]
+    allowed = strict
     # Forced tokens override the mask: the 上联's punctuation, fixed characters, and copies of this row's own
     # token where the 上联 repeats a character.
     forced = rules.forced[rows, t]

@@ -1,0 +1,32 @@
+"""`duilian acrostic`: a 藏头 couplet whose lines start with two given characters; the work is duilian.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .generate import add_decode_options, add_model_options, decode_options, fail, load
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("heads", help="two Chinese characters: the first starts the 上联, the second the 下联")
+    parser.add_argument("--length", type=int, default=7, help="characters per line (default: 7)")
+    add_model_options(parser)
+    add_decode_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..text import CoupletInputError
+
+    try:
+        c = load(args)
+        couplets = c.acrostic(args.heads, length=args.length, n=args.n, **decode_options(args))
+    except (CoupletInputError, FileNotFoundError, ValueError) as e:
+        return fail("acrostic", e)
+    if args.json:
+        print(json.dumps({"heads": args.heads, "couplets": [x.to_dict() for x in couplets]},
+                         ensure_ascii=False, indent=2))
+    else:
+        for x in couplets:
+            print(f"{x.upper}\t{x.lower}\t{x.score:.3f}")
+    return 0

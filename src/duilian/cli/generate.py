@@ -1,0 +1,132 @@
+"""`duilian generate`: 下联 for a 上联, or for a file of them; the work is duilian.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    # what to complete
+    parser.add_argument("upper", nargs="?", help="the 上联, e.g. 丹枫江冷人初去 (or use --input)")
+    parser.add_argument("--input", metavar="FILE", help="a file with one 上联 per line (spaces are ignored)")
+    parser.add_argument("--output", metavar="FILE",
+                        help="with --input: where to write the results (default: standard output)")
+    parser.add_argument("--format", choices=("jsonl", "tsv"), default=None,
+                        help="with --input: JSON lines, or TSV (上联 then the candidates); "
+                             "default: tsv if --output ends in .tsv, else jsonl")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B",
+                        help="with --input: 上联 decoded per pass (default: 32)")
+    add_model_options(parser)
+    add_decode_options(parser)
+    parser.add_argument("--allow-upper-chars", action="store_true",
+                        help="let the 下联 use the 上联's characters (never at the same position)")
+    parser.add_argument("--free-ending", action="store_true",
+                        help="do not require a 平 ending when the 上联 ends 仄")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="HuggingFace GPT-2 directory (default: the embedded default model)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def add_decode_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=int, default=5, help="distinct candidates wanted (default: 5)")
+    parser.add_argument("--method", choices=("sample", "beam"), default="sample",
+                        help="sampling or beam search (default: sample)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for sampling: the same seed gives the same output (default: none)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature; 0 = greedy (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest characters; 0 = all")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
+
+
+def decode_options(args: argparse.Namespace) -> dict:
+    return {"method": args.method, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
+            "top_p": args.top_p}
+
+
+def fail(command: str, error: Exception) -> int:
+    """One line on standard error and exit code 2, for anything the user can fix."""
+    print(f"duilian {command}: {error}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..text import CoupletInputError
+
+    if (args.upper is None) == (args.input is None):
+        return fail("generate", ValueError("give either a 上联 or --input FILE"))
+    if args.output and not args.input:
+        return fail("generate", ValueError("--output goes with --input"))
+    try:
+        c = load(args)
+        options = {**decode_options(args), "allow_upper_chars": args.allow_upper_chars,
+                   "require_level_ending": not args.free_ending}
+        if args.input:
+            return _run_file(c, args, options)
+        candidates = c.complete(args.upper, n=args.n, **options)
+    except (CoupletInputError, FileNotFoundError, ValueError) as e:
+        return fail("generate", e)
+    if args.json:
+        print(json.dumps({"upper": c.clean(args.upper), "candidates": [x.to_dict() for x in candidates]},
+                         ensure_ascii=False, indent=2))
+    else:
+        for x in candidates:
+            mark = "" if x.checks.valid else "  (form relaxed)"
+            print(f"{x.text}\t{x.score:.3f}{mark}")
+    return 0
+
+
+def load(args):
+    """The model for --model/--device, without transformers' weight-loading progress bar (our errors are
+    one line on standard error)."""
+    from transformers.utils import logging
+
+    from .. import api
+
+    logging.disable_progress_bar()
+    return api.load(args.model, device=args.device)
+
+
+def _run_file(c, args, options) -> int:
+    from tqdm import tqdm
+
+    from ..text import CoupletInputError
+
+    fmt = args.format or ("tsv" if (args.output or "").endswith(".tsv") else "jsonl")
+    with open(args.input, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    # Check every line first: a bad line is reported and skipped, the rest are still written.
+    good, skipped = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            good.append((number, c.clean(line)))
+        except CoupletInputError as e:
+            skipped += 1
+            print(f"duilian generate: {args.input}:{number}: skipped: {e}", file=sys.stderr)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        with tqdm(total=len(good), unit="上联", disable=args.output is None, file=sys.stderr) as bar:
+            for i in range(0, len(good), args.batch_size):
+                batch = good[i:i + args.batch_size]
+                results = c.complete_batch([u for _, u in batch], n=args.n, **options)
+                for (number, upper), cands in zip(batch, results):
+                    if fmt == "tsv":
+                        out.write("\t".join([upper, *(x.text for x in cands)]) + "\n")
+                    else:
+                        record = {"line": number, "upper": upper, "candidates": [x.to_dict() for x in cands]}
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                bar.update(len(batch))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"duilian generate: wrote {len(good)} 上联" + (f" to {args.output}" if args.output else "")
+          + (f"; skipped {skipped} bad line(s)" if skipped else ""), file=sys.stderr)
+    return 0

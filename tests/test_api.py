@@ -1,0 +1,116 @@
+"""api.py used as a user would: load a model directory, complete, acrostic, score, and every bad input."""
+
+import json
+
+import pytest
+import torch
+
+import duilian
+from duilian import api
+from duilian.model import build_model
+from duilian.rules import tone_of
+from duilian.text import CoupletInputError
+from duilian.tokenizer import default_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    build_model("tiny", dropout=0.0, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def c(model_dir):
+    return duilian.load(model_dir)
+
+
+def test_load_a_model_directory(c):
+    assert isinstance(c, duilian.Couplets)
+    assert c.tokenizer is default_tokenizer() and str(c.device) == "cpu"
+    assert c.max_chars == 32  # min(32, (128 - 3) // 2)
+
+
+def test_no_default_model_says_how_to_make_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(api, "DEFAULT_MODEL_DIR", tmp_path / "default")
+    with pytest.raises(api.NoDefaultModelError, match="no default model yet; train one with") as e:
+        duilian.load()
+    assert isinstance(e.value, FileNotFoundError) and "--model DIR" in str(e.value)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        duilian.load(tmp_path)
+
+
+def test_complete(c):
+    cands = c.complete(" 丹枫江冷, 人初去 ", n=4, seed=0)  # spaces dropped, ASCII comma mapped
+    assert len(cands) == 4 and len({x.text for x in cands}) == 4
+    for x in cands:
+        assert len(x.text) == 8 and x.text[4] == "，" and x.checks.valid
+        d = x.to_dict()
+        assert json.loads(json.dumps(d, ensure_ascii=False)) == d
+        assert d["valid"] is True and d["checks"]["same_length"] is True
+    assert c.complete_batch(["丹枫江冷人初去", "海阔凭鱼跃"], n=2, seed=0)[1][0].text != ""
+
+
+def test_max_chars_is_the_model_limit(c):
+    line = "天" * 32
+    assert len(c.complete(line, n=1, seed=0)[0].text) == 32
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("hello, world", "no Chinese"),
+    ("天" * 33, "the limit is 32"),
+    ("春眠不觉晓abc", "may hold only"),
+    ("春眠不觉晓\x00", "control"),
+    ("春眠不觉\u3400", "not in the model's vocabulary: \u3400"),  # a Han character outside the vocabulary
+])
+def test_bad_input_says_why(c, text, reason):
+    with pytest.raises(CoupletInputError, match=reason):
+        c.complete(text)
+
+
+def test_bad_options(c):
+    with pytest.raises(ValueError):
+        c.complete("丹枫江冷人初去", method="greedy")
+    with pytest.raises(TypeError):
+        c.complete("丹枫江冷人初去", colour="red")
+
+
+def test_acrostic(c):
+    couplets = c.acrostic("春福", length=7, n=3, seed=0)
+    assert len(couplets) == 3 and len({x.upper for x in couplets}) == 3
+    for x in couplets:
+        assert x.upper[0] == "春" and x.lower[0] == "福"
+        assert len(x.upper) == len(x.lower) == 7
+        assert tone_of(x.upper[-1]) == "仄" and tone_of(x.lower[-1]) != "仄"
+        assert x.checks.valid and x.to_dict()["valid"]
+    assert [x.upper for x in couplets] == [x.upper for x in c.acrostic("春福", length=7, n=3, seed=0)]
+    assert len(c.acrostic("春福", length=2, n=1, seed=0)[0].upper) == 2
+
+
+@pytest.mark.parametrize("heads, length, reason", [
+    ("春", 7, "exactly two"), ("春福到", 7, "exactly two"), ("ab", 7, "exactly two"), ("春春", 7, "must differ"),
+    ("春\u3400", 7, "not in the model's vocabulary"), ("春福", 1, "between 2 and 32"), ("春福", 33, "between 2 and 32"),
+])
+def test_acrostic_bad_input(c, heads, length, reason):
+    with pytest.raises(CoupletInputError, match=reason):
+        c.acrostic(heads, length=length)
+
+
+def test_score_is_the_model_log_prob(c):
+    tok = c.tokenizer
+    uppers, lowers = ["丹枫江冷人初去", "海阔凭鱼跃"], ["黄叶声从天外来", "天高任鸟飞"]
+    got = c.score(uppers, lowers)
+    for u, l, s in zip(uppers, lowers, got):
+        ids = torch.tensor([tok.encode_pair(u, l)])
+        with torch.no_grad():
+            logp = torch.log_softmax(c.model(ids).logits[0], -1)
+        start = len(tok.encode_prompt(u))
+        expected = sum(logp[t - 1, ids[0, t]].item() for t in range(start, ids.shape[1]))
+        assert s == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError):
+        c.score(uppers, lowers[:1])

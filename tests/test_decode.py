@@ -1,0 +1,188 @@
+"""decode.py: the masks hold for any weights, the KV cache changes nothing, the search is reproducible."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from duilian import decode
+from duilian.api import Couplets, Options, vocab_tables
+from duilian.model import build_model
+from duilian.rules import check_pair, rhythm_opposition, tone_of
+from duilian.text import PUNCTUATION, is_han
+from duilian.tokenizer import default_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("tiny", dropout=0.0, seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def couplets(model):
+    return Couplets(model)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return vocab_tables(default_tokenizer())
+
+
+def random_uppers(count, seed=0):
+    """Random 上联 with punctuation and 重字, e.g. '花开花落，春去春来'-like shapes."""
+    rng = random.Random(seed)
+    tok = default_tokenizer()
+    han = [t for t in tok.tokens if len(t) == 1 and is_han(t)]
+    marks = sorted(PUNCTUATION)
+    out = ["花开花落，春去春来", "天连水水连天", "丹枫江冷人初去", "上海自来水来自海上", "风风雨雨，年年岁岁！"]
+    while len(out) < count:
+        line = []
+        for _ in range(rng.randint(1, 3)):  # clauses
+            clause = [rng.choice(han) for _ in range(rng.randint(1, 7))]
+            for _ in range(rng.randint(0, 2)):  # 重字
+                i, j = rng.randrange(len(clause)), rng.randrange(len(clause))
+                clause[j] = clause[i]
+            line += clause + [rng.choice(marks)]
+        if rng.random() < 0.7:
+            line.pop()  # most lines end without a mark
+        out.append("".join(line))
+    return out
+
+
+# --- the network ------------------------------------------------------------------------------------------------
+def test_lean_forward_matches_transformers(model, vocab):
+    net = decode.LeanGPT2(model, vocab)
+    ids = torch.tensor([[101, 704, 1744, 118], [101, 2769, 4263, 118]])
+    cache, logits = net.start(ids, new_tokens=2)
+    ref = model(ids).logits[:, -1, vocab.ids]
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
+    # expand to 3 rows, step once
+    rows = torch.tensor([0, 1, 1])
+    step = cache.select(rows).step(torch.tensor([6435, 3300, 4638]))
+    full = torch.cat([ids[rows], torch.tensor([[6435], [3300], [4638]])], dim=1)
+    torch.testing.assert_close(step, model(full).logits[:, -1, vocab.ids], rtol=1e-4, atol=1e-4)
+
+
+# --- the masks --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["sample", "beam"])
+def test_every_candidate_is_right_in_form(couplets, method):
+    uppers = random_uppers(24, seed=1)
+    results = couplets.complete_batch(uppers, n=3, method=method, seed=0)
+    for upper, cands in zip(uppers, results):
+        assert cands, upper
+        assert len({c.text for c in cands}) == len(cands)  # distinct
+        for c in cands:
+            assert c.checks.valid, (upper, c.text, c.checks)
+            assert all(is_han(ch) or ch == u for ch, u in zip(c.text, upper))
+            if tone_of(upper[-1]) == "仄":
+                assert tone_of(c.text[-1]) != "仄"
+
+
+def test_allow_upper_chars_only_forbids_same_position(couplets):
+    for upper in random_uppers(8, seed=2):
+        for c in couplets.complete(upper, n=3, seed=1, allow_upper_chars=True):
+            assert check_pair(upper, c.text, allow_upper_chars=True).valid
+
+
+def test_free_ending_lifts_only_the_tone_rule(couplets):
+    # A 上联 ending 仄 whose 下联 may now end 仄 too: over many samples some do.
+    cands = couplets.complete("丹枫江冷人初去", n=20, seed=0, require_level_ending=False)
+    assert any(tone_of(c.text[-1]) == "仄" for c in cands)
+    assert all(c.checks.same_length and c.checks.no_copy and c.checks.repeats_mirrored for c in cands)
+
+
+def test_repeated_last_character_gets_its_tone_where_it_first_appears(couplets):
+    # 去 (仄) ends the line and first appears at position 0: the 下联's first character decides its ending.
+    for c in couplets.complete("去来人去", n=10, seed=3):
+        assert c.text[0] == c.text[3] and tone_of(c.text[3]) != "仄" and c.checks.valid
+
+
+def test_fallback_never_emits_an_invalid_token(model):
+    """With only three Han characters allowed, 'no repeats' and the tone rule cannot hold: the engine relaxes
+    them rather than writing junk, and every token is still one of the allowed ones or the forced mark."""
+    tok = default_tokenizer()
+    full = vocab_tables(tok)
+    keep = [tok.id(ch) for ch in "天地人，"]
+    sel = torch.tensor([int((full.ids == i).nonzero()) for i in keep])
+    small = decode.Vocab(ids=full.ids[sel], han=full.han[sel], tone=full.tone[sel], size=full.size)
+    c = Couplets(model)
+    c.vocab, c.net = small, decode.LeanGPT2(model, small)
+    for method in ("sample", "beam"):
+        for upper in ["春夏秋冬，花开花落去", "山水"]:
+            for cand in c.complete(upper, n=3, seed=0, method=method):
+                assert len(cand.text) == len(upper)
+                for ch, u in zip(cand.text, upper):
+                    assert ch == u if u in PUNCTUATION else ch in "天地人"
+
+
+def test_pick_never_picks_a_masked_token():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50)
+    logits[:, ::2] = -math.inf
+    for search in [decode.Search(), decode.Search(top_k=3), decode.Search(top_p=0.5), decode.Search(temperature=3)]:
+        for u in (torch.zeros(64), torch.full((64,), 1 - 1e-7), torch.rand(64)):
+            token = decode.pick(logits, u, search)
+            assert (token % 2 == 1).all()
+    # top_k=1, a tiny top_p and temperature 0 are all the argmax
+    u = torch.rand(64)
+    for search in [decode.Search(top_k=1), decode.Search(top_p=1e-6), decode.Search(temperature=0)]:
+        assert torch.equal(decode.pick(logits, u, search), logits.argmax(1))
+
+
+def test_rule_score_is_the_rhythm_opposition(couplets):
+    for upper in random_uppers(10, seed=4):
+        for c in couplets.complete(upper, n=2, seed=0):
+            expected = rhythm_opposition(upper, c.text)
+            assert c.rule_score == pytest.approx(decode.RULE_NEUTRAL if expected is None else expected)
+            assert c.score == pytest.approx(c.logprob + decode.RULE_WEIGHT * c.rule_score)
+
+
+# --- the search -------------------------------------------------------------------------------------------------
+def _decode_both(model, couplets, uppers, search, seed):
+    specs = [couplets.lower_spec(u, Options(seed=seed)) for u in uppers]
+    cached = decode.decode(decode.LeanGPT2(model, couplets.vocab), couplets.vocab, specs, search)
+    full = decode.decode(decode.Recompute(model, couplets.vocab), couplets.vocab, specs, search)
+    return cached, full
+
+
+@pytest.mark.parametrize("search", [decode.Search(temperature=0, n=1), decode.Search(n=4),
+                                    decode.Search(n=3, top_k=20, top_p=0.9), decode.Search(method="beam", n=3)])
+def test_kv_cache_equals_full_recompute(model, couplets, search):
+    uppers = ["花开花落，春去春来", "丹枫江冷人初去", "天连水水连天", "海阔凭鱼跃"]
+    cached, full = _decode_both(model, couplets, uppers, search, seed=5)
+    for a, b in zip(cached, full):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.logprob for h in a] == pytest.approx([h.logprob for h in b], abs=1e-4)
+
+
+def test_beam_width_one_is_greedy(couplets):
+    uppers = random_uppers(6, seed=6)
+    greedy = couplets.complete_batch(uppers, n=1, temperature=0)
+    beam = couplets.complete_batch(uppers, n=1, method="beam")
+    assert [g[0].text for g in greedy] == [b[0].text for b in beam]
+    assert [g[0].logprob for g in greedy] == pytest.approx([b[0].logprob for b in beam], abs=1e-5)
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(couplets):
+    uppers = random_uppers(6, seed=7)
+    target = "丹枫江冷人初去"
+    alone = [c.text for c in couplets.complete(target, n=5, seed=11)]
+    assert alone == [c.text for c in couplets.complete(target, n=5, seed=11)]
+    for others in (uppers[:3], uppers):
+        batch = couplets.complete_batch([*others, target], n=5, seed=11)
+        assert [c.text for c in batch[-1]] == alone
+    assert [c.text for c in couplets.complete(target, n=5, seed=12)] != alone
+
+
+def test_candidates_are_ranked_best_first(couplets):
+    for method in ("sample", "beam"):
+        scores = [c.score for c in couplets.complete("花开花落，春去春来", n=5, seed=0, method=method)]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 5
+
+
+def test_search_config_rejects_bad_values():
+    for bad in [dict(method="greedy"), dict(n=0), dict(temperature=-1), dict(top_k=-1), dict(top_p=0)]:
+        with pytest.raises(ValueError):
+            decode.Search(**bad)

@@ -128,6 +128,9 @@ def test_cli_export_from_a_model_directory(exported, tmp_path, monkeypatch, caps
     assert config.get("dtype", config.get("torch_dtype")) == "float16"  # transformers 4 names it torch_dtype
     assert cli.main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "no checkpoint or run directory" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(out)]) == 2
+    assert "cannot read a model from" in capsys.readouterr().err
 
 
 def test_cli_export_from_a_run_directory_uses_final_pt(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -30,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
         model = model_from_path(args.checkpoint)
     except FileNotFoundError as err:
         print(f"duilian export: {err}", file=sys.stderr)
+        return 2
+    except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError) as err:
+        # A file that is not a duilian checkpoint, or one that needs code to unpickle (refused).
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"duilian export: cannot read a model from {args.checkpoint}: {type(err).__name__}: {reason}",
+              file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = export_model(model, args.out, dtype=dtype, max_shard_size=args.max_shard_size)

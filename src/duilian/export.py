@@ -12,8 +12,8 @@ The directory holds:
     special_tokens_map.json
 
 The tokenizer files are written by hand rather than by `BertTokenizer.save_pretrained`, because that
-writes vocab.txt under transformers 4 but tokenizer.json only under transformers 5; these three files
-load the same tokenizer under both.
+writes vocab.txt under transformers 4 but only tokenizer.json under transformers 5; the hand-written
+files are the ones transformers 4 writes, and transformers 5 (checked on 5.17 and 5.24) loads them too.
 
 Note that transformers 5's BertTokenizer turns the seed's prompt into [CLS] [CLS] 丹 … - [SEP] (it adds
 its own [CLS] … [SEP] around the text). We keep that behaviour; the trainer teaches the model to continue

@@ -1,0 +1,60 @@
+"""`duilian prepare`: read a couplet corpus, clean it and write a tokenized dataset (duilian.corpus)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    # what to read
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="the corpus: a directory with in.txt and out.txt (plain, .xz or .gz), the two files, "
+        "or one file of 上联<TAB>下联 (tsv) or 上联-下联 (uer) lines",
+    )
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", "parallel", "tsv", "uer"],
+        help="corpus layout (default auto: a directory or two files are parallel, one file is sniffed from its first line)",
+    )
+    parser.add_argument(
+        "--val", nargs="+", metavar="VAL", default=None,
+        help="a separate validation corpus, given like INPUT (default: split one off INPUT, see --val-fraction)",
+    )
+    # what to write
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write (created if missing)")
+    parser.add_argument(
+        "--seq-len", type=int, default=64,
+        help="longest training line in tokens, [CLS] 上联 - 下联 [SEP] = 2*chars+3; longer pairs are rejected (default 64)",
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.01,
+        help="share of pairs split off for validation when --val is not given; 0 = none (default 0.01)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
+    # how
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="worker processes for cleaning; the output is the same for any number (default 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import lzma
+
+    from duilian.corpus import PrepareConfig, prepare
+
+    try:
+        config = PrepareConfig(
+            inputs=args.inputs, out_dir=args.out, val=args.val, seq_len=args.seq_len,
+            val_fraction=args.val_fraction, seed=args.seed, processes=args.processes, format=args.format,
+        )
+        summary = prepare(config)
+    # CorpusError and bad settings are ValueErrors; a missing file is an OSError, a broken .gz an
+    # OSError or EOFError, a broken .xz an LZMAError.
+    except (ValueError, OSError, EOFError, lzma.LZMAError) as e:
+        print(f"duilian prepare: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    print(f"wrote {args.out}")
+    return 0

@@ -387,8 +387,9 @@ def split_validation(
 
     A pair goes to val when a seeded hash of its 上联 is among the smallest: all 下联 of one 上联 land
     in the same split (no 上联 is both trained on and validated), the split depends only on the
-    pairs and the seed, and a pair keeps its side when the corpus grows. Val gets at least
-    round(fraction * len(pairs)) pairs (at least one when fraction > 0), a few more where 上联 repeat.
+    pairs and the seed (not on their order or on `processes`), and when the corpus grows only pairs
+    near the threshold change sides. Val gets at least round(fraction * len(pairs)) pairs (at least
+    one when fraction > 0), a few more where 上联 repeat.
     """
     if fraction <= 0 or not pairs:
         return list(pairs), []

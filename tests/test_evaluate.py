@@ -238,17 +238,13 @@ def _reference_perplexity(model_dir, pairs) -> float:
 
 @pytest.mark.slow
 def test_evaluate_end_to_end_tiny_model(tiny_model_dir, tmp_path):
-    import argparse
     import json
 
-    from duilian.cli import evaluate as cli
+    from duilian.cli import main
 
-    parser = argparse.ArgumentParser()
-    cli.register(parser)
     out = tmp_path / "report"
-    args = parser.parse_args(["--model", str(tiny_model_dir), "--test", str(FIXTURE), "--limit", "20",
-                              "--batch-size", "10", "--out", str(out), "--quiet"])
-    assert cli.run(args) == 0
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--test", str(FIXTURE), "--limit", "20",
+                 "--batch-size", "10", "--out", str(out), "--quiet"]) == 0
 
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     md = (out / "report.md").read_text(encoding="utf-8")
@@ -270,14 +266,9 @@ def test_evaluate_end_to_end_tiny_model(tiny_model_dir, tmp_path):
 
 
 def test_cli_missing_test_split_exits_2(tmp_path, capsys):
-    import argparse
+    from duilian.cli import main
 
-    from duilian.cli import evaluate as cli
-
-    parser = argparse.ArgumentParser()
-    cli.register(parser)
-    args = parser.parse_args(["--test", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")])
-    assert cli.run(args) == 2
+    assert main(["evaluate", "--test", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "in.txt" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 

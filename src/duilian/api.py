@@ -20,7 +20,7 @@ import torch
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
 from .text import CoupletInputError, clean_upper, is_han, is_punct, normalize
-from .tokenizer import Tokenizer, UnknownCharacterError, default_tokenizer
+from .tokenizer import Tokenizer, default_tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 MAX_CHARS = 32
@@ -119,6 +119,9 @@ class Couplets:
                              f"{len(self.tokenizer)}: not a duilian / gpt2-chinese-couplet model")
         self.device = next(model.parameters()).device
         self.max_chars = min(MAX_CHARS, (model.config.n_positions - 3) // 2)
+        # char -> id, looked up once: Tokenizer.index hashes the whole vocabulary on every call.
+        self._index = self.tokenizer.index
+        self._cls, self._separator = self.tokenizer.cls_id, self.tokenizer.separator_id
         self.vocab = vocab_tables(self.tokenizer).to(self.device)
         self.net = decode.LeanGPT2(model, self.vocab)
 
@@ -130,10 +133,11 @@ class Couplets:
         return line
 
     def _ids(self, line: str) -> list[int]:
-        try:
-            return self.tokenizer.encode_chars(line)
-        except UnknownCharacterError as e:
-            raise CoupletInputError(f"characters not in the model's vocabulary: {''.join(e.chars)}") from None
+        index = self._index
+        missing = [ch for ch in line if ch not in index]
+        if missing:
+            raise CoupletInputError(f"characters not in the model's vocabulary: {''.join(dict.fromkeys(missing))}")
+        return [index[ch] for ch in line]
 
     # --- writing ----------------------------------------------------------------------------------------------
     def complete(self, upper: str, n: int = 5, **options) -> list[Candidate]:
@@ -162,7 +166,7 @@ class Couplets:
         ends_oblique = tone_of(upper[last]) == OBLIQUE
         rhythm = set(rhythm_positions(upper))
         return decode.LineSpec(
-            prompt=self.tokenizer.encode_prompt(upper),
+            prompt=[self._cls, *ids, self._separator],  # = tokenizer.encode_prompt(upper)
             length=n,
             forced=forced,
             repeat_of=[i if punct[i] else pattern[i] for i in range(n)],

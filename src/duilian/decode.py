@@ -174,7 +174,10 @@ class LeanGPT2:
         self.n_positions = cfg.n_positions
         from transformers.activations import ACT2FN
 
-        self.act = ACT2FN[cfg.activation_function]
+        # GPT-2's gelu_new is the tanh approximation; PyTorch's fused kernel computes it in one op.
+        tanh_gelu = ("gelu_new", "gelu_pytorch_tanh")
+        self.act = (lambda x: F.gelu(x, approximate="tanh")) if cfg.activation_function in tanh_gelu \
+            else ACT2FN[cfg.activation_function]
         hd = self.d // self.n_head
         base = 1 / math.sqrt(hd) if cfg.scale_attn_weights else 1.0
         by_layer = getattr(cfg, "scale_attn_by_inverse_layer_idx", False)

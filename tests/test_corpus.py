@@ -247,3 +247,16 @@ def test_cli_prepare_errors_exit_2(tmp_path, capsys):
     (broken / "out.txt.xz").write_bytes(b"not xz")
     assert main(["prepare", str(broken), "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_prepare_tokenizer_gives_the_tokenizer_ids():
+    """prepare encodes with a faster subclass (see corpus._IndexedTokenizer); its ids must not drift."""
+    from duilian.tokenizer import UnknownCharacterError
+
+    reference = default_tokenizer()
+    fast = corpus._IndexedTokenizer(reference.tokens)
+    for upper, lower in _fixture_pairs():
+        u, l = normalize(upper), normalize(lower)
+        assert fast.encode_pair(u, l) == reference.encode_pair(u, l)
+    with pytest.raises(UnknownCharacterError, match=NOT_IN_VOCAB):
+        fast.encode_pair("丹枫", f"黄{NOT_IN_VOCAB}")

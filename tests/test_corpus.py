@@ -260,3 +260,22 @@ def test_prepare_tokenizer_gives_the_tokenizer_ids():
         assert fast.encode_pair(u, l) == reference.encode_pair(u, l)
     with pytest.raises(UnknownCharacterError, match=NOT_IN_VOCAB):
         fast.encode_pair("丹枫", f"黄{NOT_IN_VOCAB}")
+
+
+def test_cli_prepare_tsv_with_separate_val_and_an_all_bad_corpus(tmp_path, capsys):
+    pairs = _fixture_pairs()
+    tsv = _write(tmp_path / "train.txt", [f"{u}\t{l}" for u, l in pairs[20:]])
+    uer = _write(tmp_path / "val.txt", [f"{u}-{l}" for u, l in pairs[:20]])
+    out = tmp_path / "data"
+    assert main(["prepare", str(tsv), "--val", str(uer), "--out", str(out), "--processes", "2"]) == 0
+    meta = read_meta(out)
+    assert meta["info"]["train_corpus"]["format"] == "tsv" and meta["info"]["val_corpus"]["format"] == "uer"
+    assert meta["splits"]["val"]["pairs"] == meta["info"]["val_corpus"]["kept"] > 0
+    capsys.readouterr()
+    bad = _write(tmp_path / "bad.tsv", ["丹枫\t黄", "hello\tworld"])
+    assert main(["prepare", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no training pairs" in err and "length_mismatch" in err
+    # --format applies to --val too: a uer file read as tsv keeps nothing, which is an error
+    assert main(["prepare", str(tsv), "--format", "tsv", "--val", str(uer), "--out", str(tmp_path / "o")]) == 2
+    assert "no validation pairs" in capsys.readouterr().err

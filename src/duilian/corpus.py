@@ -88,7 +88,8 @@ class PrepareConfig:
     processes: int = 1
     """Worker processes that clean chunks of lines; the output does not depend on it."""
     format: str = "auto"
-    """auto | parallel | tsv | uer; auto: a directory or two paths are parallel, one file is sniffed."""
+    """auto | parallel | tsv | uer, for `inputs` and `val`; auto: a directory or two paths are
+    parallel, one file is tsv or uer by its first line."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -472,6 +473,8 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
         val_uppers = {u for u, _ in val}
         train = [p for p in pairs if p[0] not in val_uppers]
         summary.val_overlap = len(pairs) - len(train)
+        if not val:
+            raise CorpusError(f"no validation pairs kept from {', '.join(config.val)}:\n{summary.format()}")
     else:
         train, val = split_validation(pairs, config.val_fraction, config.seed)
     if not train:

@@ -15,7 +15,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format", default="auto", choices=["auto", "parallel", "tsv", "uer"],
-        help="corpus layout (default auto: a directory or two files are parallel, one file is sniffed from its first line)",
+        help="layout of INPUT and --val (default auto: a directory or two files are parallel, "
+        "one file is tsv or uer by its first line)",
     )
     parser.add_argument(
         "--val", nargs="+", metavar="VAL", default=None,

@@ -1,16 +1,13 @@
 """duilian.corpus: reading the three layouts, every reject reason, duplicates, the validation split,
-one process == many, and `duilian prepare` end to end on the 240-pair fixture."""
+and one process == many, byte for byte. The CLI is tested in test_cli_prepare.py."""
 
 import gzip
-import json
 import lzma
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from duilian import corpus
-from duilian.cli import main
 from duilian.corpus import (
     REASONS,
     CorpusError,
@@ -22,7 +19,7 @@ from duilian.corpus import (
     resolve_source,
     split_validation,
 )
-from duilian.dataset import TokenizedSplit, read_meta
+from duilian.dataset import read_meta
 from duilian.text import normalize
 from duilian.tokenizer import default_tokenizer
 
@@ -215,40 +212,6 @@ def test_separate_val_corpus_removes_its_uppers_from_train(tmp_path):
     assert summary.train_pairs == summary.train_corpus.kept - summary.val_overlap
 
 
-def test_cli_prepare_writes_a_loadable_dataset(tmp_path, capsys):
-    out = tmp_path / "data"
-    assert main(["prepare", str(FIXTURE), "--out", str(out), "--val-fraction", "0.05", "--seed", "3"]) == 0
-    printed = capsys.readouterr().out
-    assert "punctuation_mismatch" in printed and "e.g. line" in printed
-    meta = read_meta(out)
-    train, val = TokenizedSplit.open(out, "train"), TokenizedSplit.open(out, "val")
-    assert len(train) == meta["splits"]["train"]["pairs"] and len(val) == meta["splits"]["val"]["pairs"] >= 12
-    assert len(train) + len(val) == meta["info"]["train_corpus"]["kept"]
-    assert meta["info"]["train_corpus"]["rejected"][corpus.REJECT_PUNCTUATION] == 5
-    tok = default_tokenizer()
-    line = train[0]
-    assert line[0] == tok.cls_id and line[-1] == tok.sep_id and int(train.lengths.max()) <= 64
-    upper, lower = tok.decode(line[1:-1]).split("-")
-    assert (upper, lower) in {(normalize(u), normalize(l)) for u, l in _fixture_pairs()}
-    json.dumps(meta)  # the summary is plain JSON
-
-
-def test_cli_prepare_errors_exit_2(tmp_path, capsys):
-    assert main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
-    assert "nope" in capsys.readouterr().err
-    _write(tmp_path / "in.txt", ["丹 枫", "江 冷"])
-    _write(tmp_path / "out.txt", ["黄 叶"])
-    assert main(["prepare", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "has 2 lines" in capsys.readouterr().err
-    assert main(["prepare", str(FIXTURE), "--out", str(tmp_path / "o"), "--val-fraction", "1.5"]) == 2
-    broken = tmp_path / "b"
-    broken.mkdir()
-    (broken / "in.txt.xz").write_bytes(b"not xz")
-    (broken / "out.txt.xz").write_bytes(b"not xz")
-    assert main(["prepare", str(broken), "--out", str(tmp_path / "o")]) == 2
-    assert not (tmp_path / "o").exists()
-
-
 def test_prepare_tokenizer_gives_the_tokenizer_ids():
     """prepare encodes with a faster subclass (see corpus._IndexedTokenizer); its ids must not drift."""
     from duilian.tokenizer import UnknownCharacterError
@@ -260,22 +223,3 @@ def test_prepare_tokenizer_gives_the_tokenizer_ids():
         assert fast.encode_pair(u, l) == reference.encode_pair(u, l)
     with pytest.raises(UnknownCharacterError, match=NOT_IN_VOCAB):
         fast.encode_pair("丹枫", f"黄{NOT_IN_VOCAB}")
-
-
-def test_cli_prepare_tsv_with_separate_val_and_an_all_bad_corpus(tmp_path, capsys):
-    pairs = _fixture_pairs()
-    tsv = _write(tmp_path / "train.txt", [f"{u}\t{l}" for u, l in pairs[20:]])
-    uer = _write(tmp_path / "val.txt", [f"{u}-{l}" for u, l in pairs[:20]])
-    out = tmp_path / "data"
-    assert main(["prepare", str(tsv), "--val", str(uer), "--out", str(out), "--processes", "2"]) == 0
-    meta = read_meta(out)
-    assert meta["info"]["train_corpus"]["format"] == "tsv" and meta["info"]["val_corpus"]["format"] == "uer"
-    assert meta["splits"]["val"]["pairs"] == meta["info"]["val_corpus"]["kept"] > 0
-    capsys.readouterr()
-    bad = _write(tmp_path / "bad.tsv", ["丹枫\t黄", "hello\tworld"])
-    assert main(["prepare", str(bad), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert "no training pairs" in err and "length_mismatch" in err
-    # --format applies to --val too: a uer file read as tsv keeps nothing, which is an error
-    assert main(["prepare", str(tsv), "--format", "tsv", "--val", str(uer), "--out", str(tmp_path / "o")]) == 2
-    assert "no validation pairs" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .dataset import write_dataset
 from .text import PUNCTUATION, is_han, normalize
 from .tokenizer import SEPARATOR, Tokenizer, default_tokenizer
 
@@ -199,7 +200,6 @@ def read_pairs(source: CorpusSource) -> Iterator[tuple[str | None, str]]:
 
 def _read_parallel(upper_path: Path, lower_path: Path) -> Iterator[tuple[str, str]]:
     with open_text(upper_path) as uppers, open_text(lower_path) as lowers:
-        n = 0
         for n, pair in enumerate(itertools.zip_longest(uppers, lowers), start=1):
             if pair[0] is None or pair[1] is None:
                 n_upper = n - 1 + (pair[0] is not None) + sum(1 for _ in uppers)
@@ -461,8 +461,6 @@ class PrepareSummary:
 
 def prepare(config: PrepareConfig) -> PrepareSummary:
     """Read, clean, de-duplicate and split the corpus, then write the dataset to config.out_dir."""
-    from .dataset import write_dataset  # numpy only when writing
-
     # 1) the training corpus, cleaned and de-duplicated
     pairs, train_stats = clean_corpus(resolve_source(config.inputs, config.format), config.seq_len, config.processes)
     summary = PrepareSummary(train_stats, None, config.seq_len, config.val_fraction, config.seed)

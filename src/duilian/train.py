@@ -366,8 +366,11 @@ class Metrics:
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def plot(self, png: Path) -> None:
-        import matplotlib
-
+        try:
+            import matplotlib
+        except ImportError:  # a bare GPU image may lack it; the numbers are in metrics.jsonl anyway
+            print(f"matplotlib is not installed: no {png.name}", file=sys.stderr)
+            return
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

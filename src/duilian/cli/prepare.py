@@ -20,7 +20,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--val", nargs="+", metavar="VAL", default=None,
-        help="a separate validation corpus, given like INPUT (default: split one off INPUT, see --val-fraction)",
+        help="a separate validation corpus, given like INPUT and after it (default: split one off INPUT, "
+        "see --val-fraction); its 上联 are removed from the training pairs",
     )
     # what to write
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write (created if missing)")
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from duilian.corpus import PrepareConfig, prepare
 
+    print(f"reading {' '.join(args.inputs)} ...", file=sys.stderr)
     try:
         config = PrepareConfig(
             inputs=args.inputs, out_dir=args.out, val=args.val, seq_len=args.seq_len,

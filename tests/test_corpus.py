@@ -21,7 +21,6 @@ from duilian.corpus import (
 )
 from duilian.dataset import read_meta
 from duilian.text import normalize
-from duilian.tokenizer import default_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "couplets"
 NOT_IN_VOCAB = "丂"  # a CJK ideograph the BERT vocabulary lacks
@@ -211,15 +210,3 @@ def test_separate_val_corpus_removes_its_uppers_from_train(tmp_path):
     assert summary.val_overlap == val_kept  # every kept val 上联 was also a training 上联
     assert summary.train_pairs == summary.train_corpus.kept - summary.val_overlap
 
-
-def test_prepare_tokenizer_gives_the_tokenizer_ids():
-    """prepare encodes with a faster subclass (see corpus._IndexedTokenizer); its ids must not drift."""
-    from duilian.tokenizer import UnknownCharacterError
-
-    reference = default_tokenizer()
-    fast = corpus._IndexedTokenizer(reference.tokens)
-    for upper, lower in _fixture_pairs():
-        u, l = normalize(upper), normalize(lower)
-        assert fast.encode_pair(u, l) == reference.encode_pair(u, l)
-    with pytest.raises(UnknownCharacterError, match=NOT_IN_VOCAB):
-        fast.encode_pair("丹枫", f"黄{NOT_IN_VOCAB}")

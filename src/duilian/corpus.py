@@ -31,7 +31,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from .dataset import write_dataset
 from .text import PUNCTUATION, is_han, normalize
-from .tokenizer import SEPARATOR, Tokenizer, default_tokenizer
+from .tokenizer import SEPARATOR, default_tokenizer
 
 # --- reject reasons, in the order the checks run (a pair is counted under the first it fails) -----
 REJECT_MALFORMED = "malformed"  # a tsv line without exactly one tab, a uer line without exactly one '-'
@@ -481,33 +481,6 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
 
     # 3) the token arrays; the summary goes into meta.json (it holds no timings, so the bytes do not
     #    depend on the machine or on `processes`)
-    tokenizer = _IndexedTokenizer(default_tokenizer().tokens)
-    write_dataset(config.out_dir, {"train": train, "val": val}, tokenizer, config.seq_len, info=summary.to_dict())
+    write_dataset(config.out_dir, {"train": train, "val": val}, default_tokenizer(), config.seq_len, info=summary.to_dict())
     return summary
 
-
-class _IndexedTokenizer(Tokenizer):
-    """The same tokenizer and ids, made fast enough to encode the 697k-pair corpus in seconds.
-
-    Tokenizer.index looks its dict up in an lru_cache keyed by the 21,128-token tuple, and a tuple
-    does not cache its hash: every call re-hashes it (~100 µs), several times per encoded pair, so
-    writing the full corpus took many minutes. Here the dict is built once, and encode_pair maps
-    characters in C (`map`) instead of Python loops; tests check the ids equal Tokenizer.encode_pair.
-    Drop this class once Tokenizer caches its index (and write_dataset encodes in bulk).
-    """
-
-    @cached_property
-    def index(self) -> dict[str, int]:
-        return {tok: i for i, tok in enumerate(self.tokens)}
-
-    @cached_property
-    def _specials(self) -> tuple[int, int, int]:
-        return self.cls_id, self.separator_id, self.sep_id
-
-    def encode_pair(self, upper: str, lower: str) -> list[int]:
-        cls_id, separator_id, sep_id = self._specials
-        lookup = self.index.__getitem__
-        try:
-            return [cls_id, *map(lookup, upper), separator_id, *map(lookup, lower), sep_id]
-        except KeyError:
-            return super().encode_pair(upper, lower)  # raises UnknownCharacterError naming them all

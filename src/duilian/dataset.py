@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tokenizer import Tokenizer
+from .tokenizer import SEPARATOR, Tokenizer
 
 FORMAT_VERSION = 1
 
@@ -39,20 +39,41 @@ def write_dataset(
         raise ValueError("vocabulary too large for uint16 token arrays")
     meta = {"format": FORMAT_VERSION, "vocab_size": len(tokenizer), "seq_len": seq_len, "splits": {}, "info": info or {}}
     for name, pairs in splits.items():
-        lines = [tokenizer.encode_pair(u, l) for u, l in pairs]
-        too_long = sum(len(x) > seq_len for x in lines)
+        tokens, offsets = encode_pairs(tokenizer, pairs)
+        too_long = int((np.diff(offsets) > seq_len).sum())
         if too_long:
             raise ValueError(f"{too_long} pairs of split {name!r} exceed seq_len {seq_len}; filter them first")
-        offsets = np.zeros(len(lines) + 1, dtype=np.int64)
-        np.cumsum([len(x) for x in lines], out=offsets[1:])
-        tokens = np.fromiter((t for x in lines for t in x), dtype=np.uint16, count=int(offsets[-1]))
         _save_atomic(out / f"{name}.tokens.npy", tokens)
         _save_atomic(out / f"{name}.offsets.npy", offsets)
-        meta["splits"][name] = {"pairs": len(lines), "tokens": int(offsets[-1])}
+        meta["splits"][name] = {"pairs": len(pairs), "tokens": int(offsets[-1])}
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, out / "meta.json")
     return meta
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """All training lines of `pairs` as (tokens uint16 [n_tokens], offsets int64 [n_pairs+1]).
+
+    Same ids as tokenizer.encode_pair, in one numpy pass: the lines are joined into one string with
+    the control characters \\x01/\\x02 standing for [CLS]/[SEP], and every code point is looked up
+    in a table indexed by code point. Per-pair Python encoding took ~10 s on the 697k-pair corpus.
+    """
+    missing = np.iinfo(np.uint16).max
+    table = np.full(0x110000, missing, dtype=np.uint16)
+    for i, tok in enumerate(tokenizer.tokens):
+        if len(tok) == 1:
+            table[ord(tok)] = i
+    table[1], table[2] = tokenizer.cls_id, tokenizer.sep_id
+    text = "".join(f"\x01{u}{SEPARATOR}{l}\x02" for u, l in pairs)
+    tokens = table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+    if (tokens == missing).any() or (tokens == tokenizer.cls_id).sum() != len(pairs):
+        # An unknown character (or a stray \x01/\x02): encode pair by pair, which names the culprits.
+        lines = [tokenizer.encode_pair(u, l) for u, l in pairs]
+        tokens = np.array([t for line in lines for t in line], dtype=np.uint16)
+    offsets = np.zeros(len(pairs) + 1, dtype=np.int64)
+    np.cumsum([len(u) + len(l) + 3 for u, l in pairs], out=offsets[1:])
+    return tokens, offsets
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

@@ -452,7 +452,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if cuda and ckpt["rng"]["cuda"]:
+        if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
         step = ckpt["step"]
         _print(d, f"resuming from {ckpt_path} at step {step}")
@@ -528,6 +528,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         epoch, micro = schedule.micro_batches(step, d.rank, d.world_size, cfg.grad_accum)
         if epoch != v5_epoch:
             v5_epoch, v5_lines = epoch, v5_prompt_lines(cfg.seed, epoch, len(train_split), cfg.v5_prompt_frac)
+            v5_lines &= lengths + 2 <= cfg.seq_len  # the two extra tokens must fit, whatever the padding
         # Every rank knows the whole global batch, so the global count of real targets needs no
         # communication: a line of L tokens has L - 1 targets in either prompt form.
         _, global_idx = schedule.global_batch_at(step)

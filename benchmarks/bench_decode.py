@@ -5,7 +5,8 @@ Same model (random weights unless --model), same 上联, same process, same thre
   baseline   model.generate(prompt [CLS]上联-, do_sample=True, max_length=25, num_return_sequences=5) as in
              the seed's pipeline snippet (max_length raised only where a line does not fit in 25 tokens);
              throughput in batches of --batch 上联 with left padding and an attention mask.
-  duilian    Couplets.complete / complete_batch(n=5, method=sample): masks, KV cache, stop at the 上联's length.
+  duilian    Couplets.complete / complete_batch(n=5, method=sample): masks, KV cache, stop at the 上联's length;
+             throughput in the same batches.
 
 Reports per preset: latency for one 上联 with 5 candidates (median over the latency set), throughput over
 --count 上联 (candidates per second), the ratios, and the form validity (rules.check_pair) of both outputs.
@@ -52,19 +53,20 @@ def read_uppers(path: Path, count: int, c: Couplets) -> list[str]:
 def baseline_batch(model, uppers: list[str], seed: int) -> list[list[str]]:
     """transformers generate, sampling, for a batch of 上联 (left padded) -> N 下联 texts per 上联."""
     tok = default_tokenizer()
+    pad, sep = tok.pad_id, tok.sep_id  # (properties: look them up once, not per token)
     prompts = [tok.encode_prompt(u) for u in uppers]
     T = max(len(p) for p in prompts)
-    ids = torch.tensor([[tok.pad_id] * (T - len(p)) + p for p in prompts])
+    ids = torch.tensor([[pad] * (T - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
     max_length = max(SEED_MAX_LENGTH, T + max(len(u) for u in uppers) + 1)
     torch.manual_seed(seed)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_length=max_length,
-                         num_return_sequences=N, pad_token_id=tok.pad_id)
+                         num_return_sequences=N, pad_token_id=pad)
     texts = []
     for row in out[:, T:].tolist():
-        if tok.sep_id in row:  # the 下联 ends at the first [SEP], as the seed's users cut it
-            row = row[:row.index(tok.sep_id)]
-        texts.append("".join(tok.tokens[i] for i in row if i != tok.pad_id))
+        if sep in row:  # the 下联 ends at the first [SEP], as the seed's users cut it
+            row = row[:row.index(sep)]
+        texts.append("".join(tok.tokens[i] for i in row if i != pad))
     return [texts[i * N:(i + 1) * N] for i in range(len(uppers))]
 
 
@@ -93,12 +95,15 @@ def bench(model, name: str, args) -> dict:
         for i, u in enumerate(latency_set):
             lat_base.append(timed(lambda: baseline_batch(model, [u], i)))
             lat_ours.append(timed(lambda: c.complete(u, n=N, seed=i)))
-        # 2) throughput: all 上联
+        # 2) throughput: all 上联 in batches of --batch, the two sides taking turns batch by batch so that a
+        #    change in the machine's load (it is shared) falls on both alike
         base_out: list[list[str]] = []
-        t_base = timed(lambda: [base_out.extend(baseline_batch(model, uppers[i:i + args.batch], i))
-                                for i in range(0, len(uppers), args.batch)])
         ours_out: list = []
-        t_ours = timed(lambda: ours_out.extend(c.complete_batch(uppers, n=N, seed=0)))
+        t_base = t_ours = 0.0
+        for i in range(0, len(uppers), args.batch):
+            batch = uppers[i:i + args.batch]
+            t_base += timed(lambda: base_out.extend(baseline_batch(model, batch, i)))
+            t_ours += timed(lambda: ours_out.extend(c.complete_batch(batch, n=N, seed=i)))
     lat_b, lat_o = statistics.median(lat_base), statistics.median(lat_ours)
     result = {
         "preset": name,
@@ -124,8 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--test", type=Path, default=DEFAULT_TEST, help="上联 file, one per line (default: the test split)")
     p.add_argument("--count", type=int, default=1000, help="上联 for the throughput run (default: 1000)")
     p.add_argument("--latency-lines", type=int, default=10, help="上联 timed one at a time (default: 10)")
-    p.add_argument("--batch", type=int, default=50, help="baseline batch size in 上联 (default: 50)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    p.add_argument("--batch", type=int, default=50, help="上联 per batch, both sides (default: 50)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for both (default: 1, the steadiest on a shared machine)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:

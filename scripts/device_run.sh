@@ -58,13 +58,14 @@ say "2. throughput: baseline vs duilian ($BASE_PRESET, $CANDIDATE)"
 python scripts/device_bench.py --data "$WORK/data" --out "$WORK/bench" --presets "$BASE_PRESET" "$CANDIDATE" \
   --steps "$BENCH_STEPS" --batch-size "$BATCH" --device "$DEVICE" $([[ $COMPILE == 1 ]] || echo --no-compile)
 
-# steps that fit the budget at the measured speed (90%: compile and evals eat the rest; --max-minutes
-# is the hard stop, and the learning-rate schedule then still ends near 0)
+# Steps that fit the budget at the measured speed, less OVERHEAD_S for compiling and evaluating, so the
+# learning-rate schedule ends near 0 before --max-minutes (the hard stop) cuts in.
+OVERHEAD_S=${OVERHEAD_S:-$([[ $COMPILE == 1 ]] && echo 60 || echo 10)}
 steps_for() {  # preset minutes
-  python - "$WORK/bench/throughput.json" "$1" "$2" <<'EOF'
+  python - "$WORK/bench/throughput.json" "$1" "$2" "$OVERHEAD_S" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))["runs"][f"duilian/{sys.argv[2]}"]
-print(max(10, int(0.9 * float(sys.argv[3]) * 60 * r["steps_per_s"])))
+print(max(10, int(0.95 * (float(sys.argv[3]) * 60 - float(sys.argv[4])) * r["steps_per_s"])))
 EOF
 }
 compile_flag() { [[ $COMPILE == 1 ]] && python - "$WORK/bench/throughput.json" "$1" <<'EOF' && echo --compile

@@ -432,7 +432,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         b = collate(split, indices, pad_to, cfg.pad_multiple, v5_form,
                     tok.cls_id, tok.sep_id, tok.separator_id, pad_id=tok.sep_id)
         keep = np.flatnonzero(b.targets.reshape(-1) != IGNORE_INDEX)
-        to = lambda a: torch.from_numpy(a).to(d.device, non_blocking=True)  # noqa: E731
+        # pinned host memory makes the copies asynchronous: the CPU builds the next batch meanwhile
+        to = (lambda a: torch.from_numpy(a).pin_memory().to(d.device, non_blocking=True)) if cuda \
+            else torch.from_numpy
         return b, to(b.inputs), to(b.targets), to(keep)
 
     # 2) model, optimizer, schedule (built identically on every rank; DDP also broadcasts rank 0's weights)
@@ -554,9 +556,13 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         window_steps += 1
         bar.update(1)
 
-        if cfg.max_minutes:
-            flag = _all_reduce_sum([float(time.perf_counter() - start_time > 60 * cfg.max_minutes)], d)[0]
-            stop_early = flag > 0 and step < cfg.steps
+        # Time budget. Under DDP the ranks must stop at the same step, so they vote every 10 steps (a
+        # vote is a sync; one process needs none and checks every step).
+        if cfg.max_minutes and (not d.ddp or step % 10 == 0):
+            over = time.perf_counter() - start_time > 60 * cfg.max_minutes
+            if d.ddp:
+                over = _all_reduce_sum([float(over)], d)[0] > 0
+            stop_early = over and step < cfg.steps
         done = step == cfg.steps or stop_early
 
         # 4) report

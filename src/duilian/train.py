@@ -519,6 +519,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
     # 3) the loop. `step` counts completed optimizer updates.
     start_time = t0 = time.perf_counter()
+    paused = 0.0  # seconds of the current report window spent evaluating and saving, not training
     window = torch.zeros((), dtype=torch.float64, device=d.device)  # Σ token losses since the last report
     window_tokens = window_attn = window_targets = 0
     window_steps = 0
@@ -569,7 +570,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         if step % cfg.report_every == 0 or done:
             loss_total, tokens, attn, targets = _all_reduce_sum(
                 [window.item(), window_tokens, window_attn, window_targets], d)
-            dt = time.perf_counter() - t0
+            dt = time.perf_counter() - t0 - paused
             rec = {"event": "train", "step": step, "loss": loss_total / max(targets, 1),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / dt,
                    "steps_per_s": window_steps / dt, "elapsed_s": time.perf_counter() - start_time}
@@ -583,18 +584,21 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
             window.zero_()
             window_tokens = window_attn = window_targets = window_steps = 0
-            t0 = time.perf_counter()
-        if (cfg.eval_every and step % cfg.eval_every == 0) or done:
-            last.update(log_val(step))
-            t0 = time.perf_counter()  # validation time is not training throughput
+            t0, paused = time.perf_counter(), 0.0
 
-        # 5) checkpoint (rank 0 writes; every rank waits so none races ahead and exits first)
-        if step % cfg.save_every == 0 or done:
-            if d.master:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, d.world_size)
-            if d.ddp:
-                dist.barrier()
-            t0 = time.perf_counter()
+        # 5) validate, checkpoint (rank 0 writes; every rank waits so none races ahead and exits first)
+        validating = (cfg.eval_every and step % cfg.eval_every == 0) or done
+        saving = step % cfg.save_every == 0 or done
+        if validating or saving:
+            pause_start = _now(cuda)
+            if validating:
+                last.update(log_val(step))
+            if saving:
+                if d.master:
+                    save_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, d.world_size)
+                if d.ddp:
+                    dist.barrier()
+            paused += _now(cuda) - pause_start
         if cfg.fault_at_step and step == cfg.fault_at_step:
             os.kill(os.getpid(), signal.SIGKILL)  # testing aid: die like a preempted machine
         if stop_early:
@@ -607,6 +611,13 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         metrics.plot(run_dir / "loss.png")
         _print(d, f"done: {run_dir / 'final.pt'} (step {step})")
     return {**last, "step": step}
+
+
+def _now(cuda: bool) -> float:
+    # Wait for queued GPU work first, so it is charged to training rather than to what follows.
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def _check_resumable(ckpt: dict, cfg: TrainConfig, global_batch: int) -> None:

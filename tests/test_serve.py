@@ -194,7 +194,7 @@ def test_unknown_path_and_method_are_json_errors(client):
 
 def test_model_errors_stay_with_their_request(tiny):
     # "坏" passes the server's checks but the model side refuses it: in a shared batch, the others still get answers.
-    app = create_app(Recording(tiny, refuse="坏"), ServeConfig(max_batch=8, batch_wait_ms=200))
+    app = create_app(Recording(tiny, refuse="坏"), ServeConfig(max_batch=8, batch_wait_ms=200, batch_gap_ms=200))
     results = asyncio.run(_post_all(app, [{"upper": u, "seed": 1} for u in ("春风", "坏事", "秋月")]))
     assert [r.status_code for r in results] == [200, 422, 200]
     assert "refuses" in results[1].json()["error"]
@@ -239,7 +239,7 @@ async def _post_all(app, bodies, path="/v1/couplets"):
 
 
 def test_concurrent_requests_share_model_calls(model):
-    app = create_app(model, ServeConfig(max_batch=16, batch_wait_ms=200))
+    app = create_app(model, ServeConfig(max_batch=16, batch_wait_ms=200, batch_gap_ms=200))
     uppers = ["春风", "秋月", "夏雨", "冬雪", "青山", "绿水", "白云", "明月"]
     results = asyncio.run(_post_all(app, [{"upper": u, "seed": 3} for u in uppers]))
     for r, u in zip(results, uppers):
@@ -253,7 +253,7 @@ def test_a_seeded_request_gets_the_same_answer_alone_or_batched(model):
     alone = asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=1)), [{"upper": "春风得意", "seed": 11}]))[0]
     others = ["秋月无边", "春风得意", "夏雨连天", "冬雪映梅"]
     model.calls.clear()
-    batched = asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=8, batch_wait_ms=200)),
+    batched = asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=8, batch_wait_ms=200, batch_gap_ms=200)),
                                     [{"upper": u, "seed": 11} for u in others]))[1]
     assert max(len(batch) for batch, _ in model.calls) > 1  # it really was decoded with others
     assert alone.status_code == batched.status_code == 200
@@ -261,7 +261,7 @@ def test_a_seeded_request_gets_the_same_answer_alone_or_batched(model):
 
 
 def test_batches_only_mix_requests_with_the_same_options(model):
-    app = create_app(model, ServeConfig(max_batch=16, batch_wait_ms=200))
+    app = create_app(model, ServeConfig(max_batch=16, batch_wait_ms=200, batch_gap_ms=200))
     bodies = [{"upper": u, "seed": s, "n": n} for u in ("春风", "秋月") for s in (1, 2) for n in (2, 3)] * 2
     results = asyncio.run(_post_all(app, bodies))
     assert all(r.status_code == 200 for r in results)
@@ -271,7 +271,7 @@ def test_batches_only_mix_requests_with_the_same_options(model):
 
 
 def test_max_batch_caps_the_batch(model):
-    app = create_app(model, ServeConfig(max_batch=3, batch_wait_ms=200))
+    app = create_app(model, ServeConfig(max_batch=3, batch_wait_ms=200, batch_gap_ms=200))
     results = asyncio.run(_post_all(app, [{"upper": "春风"}] * 7))
     assert all(r.status_code == 200 for r in results)
     assert max(len(batch) for batch, _ in model.calls) <= 3
@@ -300,11 +300,24 @@ def test_batcher_runs_groups_in_arrival_order_and_survives_errors():
     assert seen[0] == (("a",), [1, 3])
 
 
+def test_a_lone_request_waits_only_the_gap_not_the_whole_batch_window():
+    async def go():
+        b = MicroBatcher(lambda key, items: items, max_batch=8, wait_s=60, max_queue=10, gap_s=0.01)
+        try:
+            return await b.submit(("a",), "x", timeout_s=10)  # a 60 s wait would time out (ServiceError)
+        finally:
+            b.close()
+
+    assert asyncio.run(go()) == "x"
+
+
 def test_config_rejects_nonsense():
     with pytest.raises(ValueError):
         ServeConfig(max_batch=0)
     with pytest.raises(ValueError):
         ServeConfig(request_timeout_s=0)
+    with pytest.raises(ValueError):
+        ServeConfig(batch_gap_ms=-1)
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -67,8 +67,11 @@ class ServeConfig:
     """TCP port."""
     max_batch: int = 32
     """Most requests decoded in one `complete_batch` call (each holds `n` rows). 1 turns batching off."""
-    batch_wait_ms: float = 5.0
-    """How long the first request of a batch waits for company, in milliseconds. 0: take what is queued."""
+    batch_wait_ms: float = 50.0
+    """Longest a batch gathers requests, in milliseconds, once its first has arrived. 0: take what is queued."""
+    batch_gap_ms: float = 5.0
+    """A batch closes early when no request has arrived for this many milliseconds (a lone request waits
+    only this long)."""
     request_timeout_s: float = REQUEST_TIMEOUT_S
     """Seconds a request may wait for its answer, queueing included, before a 504."""
     max_queue: int = MAX_QUEUE
@@ -79,8 +82,8 @@ class ServeConfig:
     def __post_init__(self):
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {self.batch_wait_ms}")
+        if self.batch_wait_ms < 0 or self.batch_gap_ms < 0:
+            raise ValueError(f"batch_wait_ms and batch_gap_ms must be >= 0, got {self.batch_wait_ms}, {self.batch_gap_ms}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.max_queue < 1:
@@ -134,16 +137,22 @@ class _Job:
 
 
 class MicroBatcher:
-    """Collects concurrent requests and runs them in groups on one worker thread.
+    """Collects concurrent requests and runs them in groups on one worker thread (see `_collect` for when
+    a batch closes).
 
     `run_group(key, items) -> results` is called with the items of jobs sharing `key` (in arrival
     order) and returns one result per item; a result that is an Exception is raised to that request
     only. The single worker thread means the model is never used by two threads at once.
     """
 
-    def __init__(self, run_group: Callable[[tuple, list], list], max_batch: int, wait_s: float, max_queue: int):
+    def __init__(self, run_group: Callable[[tuple, list], list], max_batch: int, wait_s: float, max_queue: int,
+                 gap_s: float | None = None):
         self.run_group, self.max_batch, self.wait_s, self.max_queue = run_group, max_batch, wait_s, max_queue
-        self.batches_run = 0  # model calls made; for /healthz and tests
+        self.gap_s = wait_s if gap_s is None else gap_s
+        self._last_arrival = float("-inf")
+        self.batches_run = 0  # model calls made, and the requests they answered; for /healthz
+        self.requests_run = 0
+        self.recent_sizes: collections.deque[int] = collections.deque(maxlen=16)  # last model calls' sizes
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -166,6 +175,7 @@ class MicroBatcher:
             raise ServiceError(503, f"the server is busy ({self.max_queue} requests waiting); try again shortly")
         job = _Job(key, item, self._loop.create_future())
         self._queue.append(job)
+        self._last_arrival = self._loop.time()
         self._arrived.set()
         try:
             return await asyncio.wait_for(job.future, timeout_s)
@@ -175,15 +185,26 @@ class MicroBatcher:
             raise ServiceError(504, f"no answer within {timeout_s:g} s; the server is overloaded, try again") from None
 
     async def _collect(self) -> list[_Job]:
-        """Wait for one job, then for up to `wait_s` more for others, up to `max_batch` in all."""
+        """Wait for one job, then gather others until `max_batch` is reached, or no job has arrived for
+        `gap_s`, or `wait_s` has passed since gathering began.
+
+        Why the gap: when a batch is answered, its clients' next requests come back one by one as the
+        event loop writes the answers (milliseconds apart under load). A fixed short wait would catch
+        only the first few and the batches would settle into halves; waiting while requests keep coming
+        keeps them full, and a lone request still waits only `gap_s`.
+        """
+        # Let the requests just answered send their responses first: that work would otherwise eat
+        # into the gap and split the next batch.
+        await asyncio.sleep(0)
         while not self._queue:
             self._arrived.clear()
             await self._arrived.wait()
-        deadline = self._loop.time() + self.wait_s
+        start = self._loop.time()
         jobs: list[_Job] = []
         while True:
             while self._queue and len(jobs) < self.max_batch:
                 jobs.append(self._queue.popleft())
+            deadline = min(start + self.wait_s, max(start, self._last_arrival) + self.gap_s)
             remaining = deadline - self._loop.time()
             if len(jobs) >= self.max_batch or remaining <= 0:
                 return jobs
@@ -205,6 +226,8 @@ class MicroBatcher:
                     results = await self._loop.run_in_executor(
                         self._executor, self.run_group, key, [job.item for job in group])
                     self.batches_run += 1
+                    self.requests_run += len(group)
+                    self.recent_sizes.append(len(group))
                 except Exception as exc:  # noqa: BLE001 - the requests get the error, the worker lives on
                     results = [exc] * len(group)
                 for job, result in zip(group, results):
@@ -264,7 +287,7 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     max_chars = min(MAX_UPPER_CHARS, int(getattr(couplets, "max_chars", MAX_UPPER_CHARS)))
     tokenizer = getattr(couplets, "tokenizer", None)
     batcher = MicroBatcher(_make_run_group(couplets), config.max_batch, config.batch_wait_ms / 1000,
-                           config.max_queue)
+                           config.max_queue, gap_s=config.batch_gap_ms / 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -319,6 +342,8 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
             "max_n": MAX_N,
             "max_batch": config.max_batch,
             "batches_run": batcher.batches_run,
+            "requests_run": batcher.requests_run,
+            "recent_batch_sizes": list(batcher.recent_sizes),
         }
 
     @app.get("/", include_in_schema=False)

@@ -16,8 +16,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     # batching and limits
     parser.add_argument("--max-batch", type=int, default=32,
                         help="most requests decoded together in one model call (default 32; 1 turns batching off)")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
-                        help="milliseconds the first request of a batch waits for others (default 5)")
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0,
+                        help="longest a batch gathers requests, in milliseconds (default 50; 0: only what is queued)")
+    parser.add_argument("--batch-gap-ms", type=float, default=5.0,
+                        help="close a batch early once no request has come for this many milliseconds (default 5)")
     parser.add_argument("--timeout-s", type=float, default=None,
                         help="seconds a request may wait for its answer before a 504 (default: serve.REQUEST_TIMEOUT_S)")
 
@@ -31,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch,
-                             batch_wait_ms=args.batch_wait_ms, device=args.device,
+                             batch_wait_ms=args.batch_wait_ms,
+                             batch_gap_ms=args.batch_gap_ms, device=args.device,
                              request_timeout_s=args.timeout_s if args.timeout_s is not None else REQUEST_TIMEOUT_S)
         app = create_app(args.model, config)
     except (ValueError, FileNotFoundError) as exc:  # bad flag values, no such model, no default model yet

@@ -324,3 +324,13 @@ def test_duilian_train_command(data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step      2/2 | loss" in out and "val loss" in out
     assert model_from_checkpoint(tmp_path).config.n_layer == 2
+
+
+
+@pytest.mark.parametrize("field", ["save_every", "report_every", "eval_every"])
+def test_zero_interval_means_only_at_the_end(data_dir, tmp_path, field):
+    run = tmp_path / "run"
+    with one_thread():
+        train(tiny(data_dir, run, steps=3, **{field: 0}))
+    assert (run / "final.pt").exists()
+    assert (run / "metrics.jsonl").read_text().strip()

@@ -106,9 +106,9 @@ class TrainConfig:
     eval_batches: int = 20
     """Validation micro-batches per process per pass (batch_size lines each)."""
     report_every: int = 1000
-    """Steps between training-loss reports (the seed's 1,000)."""
+    """Steps between training-loss reports (the seed's 1,000; 0 = only at the end)."""
     save_every: int = 5000
-    """Steps between checkpoints (the seed's 5,000); one is also written when the run ends."""
+    """Steps between checkpoints (the seed's 5,000; 0 = only when the run ends, which always writes one)."""
     keep_checkpoints: int = 0
     """Keep only this many newest step checkpoints (0 = keep all)."""
     max_minutes: float = 0.0
@@ -567,7 +567,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         done = step == cfg.steps or stop_early
 
         # 4) report
-        if step % cfg.report_every == 0 or done:
+        if (cfg.report_every and step % cfg.report_every == 0) or done:
             loss_total, tokens, attn, targets = _all_reduce_sum(
                 [window.item(), window_tokens, window_attn, window_targets], d)
             dt = time.perf_counter() - t0 - paused
@@ -588,7 +588,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
         # 5) validate, checkpoint (rank 0 writes; every rank waits so none races ahead and exits first)
         validating = (cfg.eval_every and step % cfg.eval_every == 0) or done
-        saving = step % cfg.save_every == 0 or done
+        saving = (cfg.save_every and step % cfg.save_every == 0) or done
         if validating or saving:
             pause_start = _now(cuda)
             if validating:

@@ -136,8 +136,10 @@ def test_acrostic_mode(page, tmp_path):
     page.screenshot(path=str(screenshot_dir(tmp_path) / "phone-acrostic.png"), full_page=True)
 
 
-def test_docs_page_lists_the_endpoints_offline(page, server):
+def test_docs_page_lists_the_endpoints_offline(page, server, tmp_path):
     page.goto(server + "/docs")
     page.locator("section.endpoint").first.wait_for()
     headings = " ".join(page.locator("section.endpoint h2").all_inner_texts())
     assert "POST /v1/couplets" in headings and "POST /v1/acrostic" in headings and "GET /healthz" in headings
+    assert "upper *" in page.locator("section.endpoint").first.inner_text()  # the request fields
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "phone-docs.png"), full_page=True)

@@ -185,6 +185,11 @@ def test_a_large_body_without_content_length_is_refused(client):
     assert_good_couplets(client.post("/v1/couplets", json={"upper": "春风"}), "春风")
 
 
+def test_a_body_that_is_not_declared_json_is_a_415(client):
+    r = client.post("/v1/couplets", content=json.dumps({"upper": "春风"}), headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+
+
 def test_unknown_path_and_method_are_json_errors(client):
     r = client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]
@@ -321,7 +326,7 @@ def test_config_rejects_nonsense():
 
 
 # --- the CLI ----------------------------------------------------------------------------------
-def test_cli_flags():
+def test_cli_flags(tmp_path, capsys):
     import argparse
 
     from duilian.cli import serve as serve_cli
@@ -330,5 +335,8 @@ def test_cli_flags():
     serve_cli.register(parser)
     args = parser.parse_args(["--port", "9001", "--max-batch", "4", "--batch-wait-ms", "2.5"])
     assert (args.host, args.port, args.max_batch, args.batch_wait_ms, args.model) == ("127.0.0.1", 9001, 4, 2.5, None)
-    bad = parser.parse_args(["--max-batch", "0"])
-    assert serve_cli.run(bad) == 2  # a clear message, not a traceback
+    # Clear messages and exit code 2, not tracebacks.
+    assert serve_cli.run(parser.parse_args(["--max-batch", "0"])) == 2
+    assert "max_batch" in capsys.readouterr().err
+    assert serve_cli.run(parser.parse_args(["--model", str(tmp_path / "nope")])) == 2
+    assert "not a model directory" in capsys.readouterr().err

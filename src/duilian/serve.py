@@ -305,20 +305,21 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     app.state.couplets, app.state.batcher, app.state.config = couplets, batcher, config
     _add_error_handlers(app)
 
-    def check_chars(line: str) -> None:
+    def check_chars(line: str, what: str) -> None:
         if tokenizer is not None:
             try:
                 tokenizer.encode_chars(line)
-            except ValueError as exc:
-                raise CoupletInputError(f"the 上联 has {exc}") from None
+            except ValueError as exc:  # UnknownCharacterError
+                raise CoupletInputError(f"the {what} has {exc}") from None
 
     @app.post("/v1/couplets", summary="下联 candidates for a 上联, best first, with their form checks")
     async def couplets_endpoint(req: CoupletRequest) -> dict:
         # decode
         upper = clean_upper(req.upper, max_chars)
-        check_chars(upper)
+        check_chars(upper, "上联")
         options = req.decoder_kwargs()
-        # predict
+        # predict: requests with equal options share a complete_batch call. The seed is one of them,
+        # since complete_batch takes a single set of options (the decoder itself seeds each row).
         key = ("complete", *sorted(options.items()))
         candidates = await batcher.submit(key, upper, config.request_timeout_s)
         # encode
@@ -327,7 +328,7 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     @app.post("/v1/acrostic", summary="藏头 couplets: the two heads open the 上联 and the 下联")
     async def acrostic_endpoint(req: AcrosticRequest) -> dict:
         heads = clean_heads(req.heads)
-        check_chars(heads)
+        check_chars(heads, "藏头")
         if req.length > max_chars:
             raise CoupletInputError(f"length {req.length} is longer than this model's limit of {max_chars}")
         key = ("acrostic", *sorted(req.decoder_kwargs().items()))
@@ -372,10 +373,13 @@ def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
-def _validation_reason(exc: RequestValidationError) -> tuple[int, str]:
+def _validation_reason(request: Request, exc: RequestValidationError) -> tuple[int, str]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "the body is not valid JSON"
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in content_type:
+        return 415, f"send the body as JSON with Content-Type: application/json (got {content_type or 'none'!r})"
     reasons = []
     for e in errors:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
@@ -392,8 +396,8 @@ def _validation_reason(exc: RequestValidationError) -> tuple[int, str]:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError):
-        return _error(*_validation_reason(exc))
+    async def on_validation(request: Request, exc: RequestValidationError):
+        return _error(*_validation_reason(request, exc))
 
     @app.exception_handler(CoupletInputError)
     async def on_input(_: Request, exc: CoupletInputError):

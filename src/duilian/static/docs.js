@@ -34,7 +34,9 @@ function fieldsTable(spec, schema) {
   for (const h of ["field", "type", "default", "limits", "description"]) head.append(el("th", "", h));
   table.append(head);
   const required = new Set(schema.required || []);
-  for (const [name, prop] of Object.entries(schema.properties || {})) {
+  const fields = Object.entries(schema.properties || {});
+  fields.sort((a, b) => Number(required.has(b[0])) - Number(required.has(a[0])));  // required first
+  for (const [name, prop] of fields) {
     const row = el("tr");
     row.append(el("td", "", name + (required.has(name) ? " *" : "")));
     row.append(el("td", "", typeOf(prop)));

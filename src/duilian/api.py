@@ -248,7 +248,9 @@ class Couplets:
                 T = max(len(s) for s in batch)
                 # Right padding: causal attention never lets a real token see the padding after it.
                 ids = torch.tensor([s + [self.tokenizer.pad_id] * (T - len(s)) for s in batch], device=self.device)
-                logp = torch.log_softmax(self.model(ids).logits.float(), dim=-1)  # (B, T, V)
+                mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in batch], device=self.device)
+                logits = self.model(ids, attention_mask=mask).logits.float()  # (B, T, V)
+                logp = torch.log_softmax(logits, dim=-1)
                 for b, (s, st) in enumerate(zip(batch, first)):
                     target = torch.tensor(s[st:], device=self.device)
                     scores.append(logp[b, st - 1:len(s) - 1].gather(1, target[:, None]).sum().item())

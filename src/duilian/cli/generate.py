@@ -16,8 +16,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("jsonl", "tsv"), default=None,
                         help="with --input: JSON lines, or TSV (上联 then the candidates); "
                              "default: tsv if --output ends in .tsv, else jsonl")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="B",
-                        help="with --input: 上联 decoded per pass (default: 32)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B",
+                        help="with --input: 上联 per decoding call; 上联 of equal length in a call are decoded "
+                             "together (default: 256)")
     add_model_options(parser)
     add_decode_options(parser)
     parser.add_argument("--allow-upper-chars", action="store_true",

@@ -41,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="mini", help="random model preset when --model is not given (default mini)")
     p.add_argument("--model", default=None, help="serve this model directory instead of a random preset")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
-    p.add_argument("--requests", type=int, default=128, help="requests per batched round (default 128)")
-    p.add_argument("--baseline-requests", type=int, default=48,
-                   help="requests per one-at-a-time round (default 48; it is the slow one)")
+    p.add_argument("--requests", type=int, default=256, help="requests per batched round (default 256)")
+    p.add_argument("--baseline-requests", type=int, default=64,
+                   help="requests per one-at-a-time round (default 64; it is the slow one)")
     p.add_argument("--rounds", type=int, default=2, help="alternating baseline/batched rounds; the median ratio is "
                    "reported (default 2)")
     p.add_argument("--single-requests", type=int, default=16, help="requests from one lone client (default 16)")

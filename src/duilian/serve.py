@@ -3,9 +3,10 @@
     decode   the JSON body is checked by a strict pydantic model (types, ranges, no unknown options),
              then the text by `duilian.text.clean_upper`; anything wrong is a 4xx {"error": reason}.
     predict  requests that arrive together are decoded together: the `MicroBatcher` collects up to
-             `max_batch` requests (or waits `batch_wait_ms`), groups those with the same options and runs
-             one `Couplets.complete_batch` per group in a single worker thread, so the event loop keeps
-             accepting requests while the model works. The API promises batch independence, so a request
+             `max_batch` requests (for at most `batch_wait_ms`, less once none has come for
+             `batch_gap_ms`), groups those with the same options and runs one `Couplets.complete_batch`
+             per group in a single worker thread, so the event loop keeps accepting requests while the
+             model works. The API promises batch independence, so a request
              with a seed gets the same answer alone or batched.
     encode   candidates become JSON with their scores and form checks (`Candidate.to_dict`).
 
@@ -189,9 +190,9 @@ class MicroBatcher:
         `gap_s`, or `wait_s` has passed since gathering began.
 
         Why the gap: when a batch is answered, its clients' next requests come back one by one as the
-        event loop writes the answers (milliseconds apart under load). A fixed short wait would catch
-        only the first few and the batches would settle into halves; waiting while requests keep coming
-        keeps them full, and a lone request still waits only `gap_s`.
+        event loop writes the answers (milliseconds apart under load). A fixed short wait cuts the
+        next batch off after the first few; waiting while requests keep coming gathers more of them,
+        and a lone request still waits only `gap_s`.
         """
         # Let the requests just answered send their responses first: that work would otherwise eat
         # into the gap and split the next batch.
@@ -228,6 +229,8 @@ class MicroBatcher:
                     self.batches_run += 1
                     self.requests_run += len(group)
                     self.recent_sizes.append(len(group))
+                    if len(results) != len(group):
+                        raise RuntimeError(f"the model answered {len(results)} of {len(group)} requests")
                 except Exception as exc:  # noqa: BLE001 - the requests get the error, the worker lives on
                     results = [exc] * len(group)
                 for job, result in zip(group, results):

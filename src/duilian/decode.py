@@ -17,7 +17,8 @@ If the softer rules would leave a row with no token at all (possible only with t
 dropped for that row, softest first, so the row still gets a single Han character and never junk.
 
 Search is sampling (temperature, top-k, top-p; one uniform draw per row per step, from a generator seeded per
-line so a seeded request gives the same output whatever else is in the batch) or beam search. Lines are
+line so a seeded request gives the same output whatever else is in the batch; lines whose samples repeat
+are topped up with more draws) or beam search (the beams are distinct by construction). Lines are
 decoded in groups of equal prompt and line length (a 下联 is as long as its 上联, so this is exact and needs
 no padding): the prompt is prefilled once per line, then its KV cache is expanded to the candidate rows.
 
@@ -127,7 +128,8 @@ class Search:
     method: str = "sample"
     """"sample" or "beam"."""
     n: int = 5
-    """Distinct candidates wanted per line (fewer come back only if the rules leave fewer)."""
+    """Distinct candidates wanted per line: the beam width, or the rows sampled per line. Fewer come back when
+    the rules leave fewer, when SAMPLE_ROUNDS of sampling found no more, and with temperature 0 (greedy: one)."""
     temperature: float = 1.0
     """Sampling temperature; 0 is greedy (one candidate)."""
     top_k: int = 0

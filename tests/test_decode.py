@@ -186,3 +186,20 @@ def test_search_config_rejects_bad_values():
     for bad in [dict(method="greedy"), dict(n=0), dict(temperature=-1), dict(top_k=-1), dict(top_p=0)]:
         with pytest.raises(ValueError):
             decode.Search(**bad)
+
+
+def test_output_layer_restricted_to_emittable_tokens_changes_nothing(model, couplets, vocab):
+    """The decoder computes logits for the ~7.3k emittable tokens only; over the full vocabulary (the other
+    tokens masked) it writes the same lines with the same log-probs."""
+    han = torch.zeros(vocab.size, dtype=torch.bool)
+    han[vocab.ids] = vocab.han
+    tone = torch.zeros(vocab.size, dtype=torch.int8)
+    tone[vocab.ids] = vocab.tone
+    full = decode.Vocab(ids=torch.arange(vocab.size), han=han, tone=tone, size=vocab.size)
+    specs = [couplets.lower_spec(u, Options(seed=3)) for u in ["花开花落，春去春来", "丹枫江冷人初去"]]
+    for search in (decode.Search(n=3), decode.Search(method="beam", n=3)):
+        a = decode.decode(decode.LeanGPT2(model, vocab), vocab, specs, search)
+        b = decode.decode(decode.LeanGPT2(model, full), full, specs, search)
+        for x, y in zip(a, b):
+            assert [h.tokens for h in x] == [h.tokens for h in y]
+            assert [h.logprob for h in x] == pytest.approx([h.logprob for h in y], abs=1e-4)

@@ -203,3 +203,11 @@ def test_output_layer_restricted_to_emittable_tokens_changes_nothing(model, coup
         for x, y in zip(a, b):
             assert [h.tokens for h in x] == [h.tokens for h in y]
             assert [h.logprob for h in x] == pytest.approx([h.logprob for h in y], abs=1e-4)
+
+
+def test_chunking_changes_nothing(couplets, monkeypatch):
+    uppers = ["丹枫江冷人初去", "海阔凭鱼跃", "春回大地千山秀", "一帆风顺年年好", "天连水水连天"]
+    whole = couplets.complete_batch(uppers, n=3, seed=2)
+    monkeypatch.setattr(decode, "MAX_BATCH_POSITIONS", 40)  # one 7-character line (16 positions × 3 rows) a chunk
+    chunked = couplets.complete_batch(uppers, n=3, seed=2)
+    assert [[c.text for c in cs] for cs in whole] == [[c.text for c in cs] for cs in chunked]

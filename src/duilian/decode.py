@@ -45,8 +45,9 @@ RULE_WEIGHT = 0.5
 (nats, typically -1 .. -4 for a trained model): full opposition is worth half a nat per token."""
 RULE_NEUTRAL = 0.5
 """Rule score of a line with no rhythm position where both tones are known."""
-MAX_BATCH_ROWS = 256
-"""Most candidate rows decoded together; bounds the KV cache and the [rows, vocab] masks."""
+MAX_BATCH_POSITIONS = 4096
+"""Most rows × positions decoded together: bounds the KV cache (about 300 MB for the base model; 256 rows of
+a 7-character couplet, 61 of a 32-character one) and the [rows, vocab] masks."""
 SAMPLE_ROUNDS = 3
 """Sampling draws n rows per line, then up to SAMPLE_ROUNDS - 1 more rounds (twice the number still
 missing) for lines whose samples were duplicates."""
@@ -425,10 +426,10 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
     for i, s in enumerate(specs):
         groups[len(s.prompt), s.length].append(i)
     rows_per_line = search.n if search.method == "beam" else 1 if search.temperature == 0 else search.n
-    per_chunk = max(1, MAX_BATCH_ROWS // rows_per_line)
     device = vocab.ids.device
     with torch.inference_mode():
-        for idxs in groups.values():
+        for (prompt_len, length), idxs in groups.items():
+            per_chunk = max(1, MAX_BATCH_POSITIONS // (prompt_len + length) // rows_per_line)
             for c in range(0, len(idxs), per_chunk):
                 chunk = idxs[c:c + per_chunk]
                 group = [specs[i] for i in chunk]

@@ -135,7 +135,8 @@ def bench(model, name: str, args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", default="tiny,mini,base", help="model presets, random weights (default: tiny,mini,base)")
+    p.add_argument("--presets", default="tiny,mini,base",
+                   help="model presets, random weights (default: tiny,mini,base)")
     p.add_argument("--model", default=None, metavar="DIR", help="benchmark this HF model directory instead of presets")
     p.add_argument("--test", type=Path, default=DEFAULT_TEST, help="上联 file, one per line (default: the test split)")
     p.add_argument("--count", type=int, default=1000, help="上联 for the throughput run (default: 1000)")

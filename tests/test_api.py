@@ -114,3 +114,26 @@ def test_score_is_the_model_log_prob(c):
         assert s == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError):
         c.score(uppers, lowers[:1])
+
+
+def test_complete_batch_takes_one_seed_per_upper(c):
+    uppers = ["丹枫江冷人初去", "海阔凭鱼跃", "丹枫江冷人初去"]
+    batch = c.complete_batch(uppers, n=3, seed=[1, 2, 3])
+    assert [[x.text for x in cs] for cs in batch] == \
+        [[x.text for x in c.complete(u, n=3, seed=s)] for u, s in zip(uppers, [1, 2, 3])]
+    assert [x.text for x in c.complete_batch(uppers[:2], n=3, seed=[None, 2])[1]] == [x.text for x in batch[1]]
+    with pytest.raises(ValueError, match="2 seeds for 3"):
+        c.complete_batch(uppers, seed=[1, 2])
+
+
+def test_load_with_int8_weights(model_dir):
+    from duilian.decode import check_int8_engine
+
+    try:
+        check_int8_engine()
+    except ValueError as e:
+        pytest.skip(str(e))
+    c8 = duilian.load(model_dir, quantize="int8")
+    assert c8.quantize == "int8" and c8.net.quantize == "int8"
+    cands = c8.complete("丹枫江冷人初去", n=3, seed=0)
+    assert len(cands) == 3 and all(x.checks.valid for x in cands)

@@ -65,6 +65,55 @@ def test_lean_forward_matches_transformers(model, vocab):
     torch.testing.assert_close(step, model(full).logits[:, -1, vocab.ids], rtol=1e-4, atol=1e-4)
 
 
+# --- int8 weights -----------------------------------------------------------------------------------------------
+def _has_int8_kernel():
+    try:
+        decode.check_int8_engine()
+        return True
+    except ValueError:
+        return False
+
+
+needs_int8 = pytest.mark.skipif(not _has_int8_kernel(), reason="torch has no x86/fbgemm/onednn quantized engine")
+
+
+@needs_int8
+def test_int8_linear_is_close_to_the_fp32_product():
+    g = torch.Generator().manual_seed(0)
+    w, b, x = torch.randn(96, 64, generator=g), torch.randn(96, generator=g), torch.randn(2, 5, 64, generator=g)
+    y = decode.Int8Linear(w, b)(x)
+    ref = x @ w.T + b
+    assert y.shape == ref.shape == (2, 5, 96)
+    assert (y - ref).norm() / ref.norm() < 0.02  # 8-bit weights and activations: about 1% error
+
+
+@needs_int8
+def test_int8_forward_is_close_to_fp32(model, vocab):
+    ids = torch.tensor([[101, 704, 1744, 118], [101, 2769, 4263, 118]])
+    (c32, l32), (c8, l8) = (decode.LeanGPT2(model, vocab, q).start(ids, new_tokens=2) for q in (None, "int8"))
+    step = torch.tensor([6435, 3300])
+    for a, b in ((l32, l8), (c32.step(step), c8.step(step))):
+        diff = (torch.log_softmax(a, 1) - torch.log_softmax(b, 1)).abs()
+        assert diff.max() < 0.1 and diff.mean() < 0.02, (diff.max(), diff.mean())
+
+
+@needs_int8
+@pytest.mark.parametrize("method", ["sample", "beam"])
+def test_int8_candidates_are_right_in_form(model, method):
+    c = Couplets(model, quantize="int8")
+    uppers = random_uppers(12, seed=8)
+    for upper, cands in zip(uppers, c.complete_batch(uppers, n=3, method=method, seed=0)):
+        assert cands, upper
+        for cand in cands:
+            assert cand.checks.valid, (upper, cand.text, cand.checks)
+            assert math.isfinite(cand.logprob)
+
+
+def test_unknown_weight_format_is_refused(model, vocab):
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        decode.LeanGPT2(model, vocab, quantize="int4")
+
+
 # --- the masks --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["sample", "beam"])
 def test_every_candidate_is_right_in_form(couplets, method):

@@ -88,8 +88,8 @@ def test_options_reach_the_decoder(client, model):
     assert client.post("/v1/couplets", json=body).status_code == 200
     (uppers, options), = model.calls
     assert uppers == ["春风"]
-    assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": 5,
-                       "allow_upper_chars": True}
+    assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
+                       "allow_upper_chars": True}  # one seed per 上联
 
 
 def test_acrostic(client):
@@ -270,9 +270,22 @@ def test_batches_only_mix_requests_with_the_same_options(model):
     bodies = [{"upper": u, "seed": s, "n": n} for u in ("春风", "秋月") for s in (1, 2) for n in (2, 3)] * 2
     results = asyncio.run(_post_all(app, bodies))
     assert all(r.status_code == 200 for r in results)
-    assert len(model.calls) == 4  # one per (seed, n)
+    assert len(model.calls) == 2  # one per n: seeds differ row by row within a call
     for r, b in zip(results, bodies):
         assert len(r.json()["candidates"]) == b["n"]
+
+
+def test_requests_with_different_seeds_share_a_call_and_keep_their_answers(model):
+    bodies = [{"upper": u, "seed": s} for u, s in (("春风得意", 1), ("秋月无边", 2), ("春风得意", 3), ("夏雨", None))]
+    alone = [asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=1)), [b]))[0] for b in bodies[:3]]
+    model.calls.clear()
+    batched = asyncio.run(_post_all(create_app(model, ServeConfig(max_batch=8, batch_wait_ms=200, batch_gap_ms=200)),
+                                    bodies))
+    (uppers, options), = model.calls  # one call, one seed per row
+    assert sorted(zip(uppers, options["seed"]), key=str) == sorted(((b["upper"], b["seed"]) for b in bodies), key=str)
+    assert [r.json() for r in batched[:3]] == [r.json() for r in alone]
+    assert batched[0].json() != batched[2].json()  # same 上联, other seed
+    assert_good_couplets(batched[3], "夏雨")
 
 
 def test_max_batch_caps_the_batch(model):

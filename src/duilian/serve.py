@@ -4,8 +4,8 @@
              then the text by `duilian.text.clean_upper`; anything wrong is a 4xx {"error": reason}.
     predict  requests that arrive together are decoded together: the `MicroBatcher` collects up to
              `max_batch` requests (for at most `batch_wait_ms`, less once none has come for
-             `batch_gap_ms`), groups those with the same options and runs one `Couplets.complete_batch`
-             per group in a single worker thread, so the event loop keeps accepting requests while the
+             `batch_gap_ms`), groups those with the same options (seeds may differ: one per row)
+             and runs one `Couplets.complete_batch` per group in a single worker thread, so the event loop keeps accepting requests while the
              model works. The API promises batch independence, so a request
              with a seed gets the same answer alone or batched.
     encode   candidates become JSON with their scores and form checks (`Candidate.to_dict`).
@@ -257,13 +257,15 @@ def _make_run_group(couplets) -> Callable[[tuple, list], list]:
         kind, options = key[0], dict(key[1:])
         if kind == "acrostic":  # the API decodes one 藏头 request at a time
             return [_capture(couplets.acrostic, heads, length=length, **options) for heads, length in items]
+        uppers, seeds = [u for u, _ in items], [s for _, s in items]
         try:
-            return couplets.complete_batch(list(items), **options)
+            return couplets.complete_batch(uppers, seed=seeds, **options)
         except CoupletInputError:
             if len(items) == 1:
                 raise
             # One bad 上联 must not fail the others: decode each alone, errors stay with their request.
-            return [_capture(lambda u: couplets.complete_batch([u], **options)[0], u) for u in items]
+            return [_capture(lambda u, s: couplets.complete_batch([u], seed=[s], **options)[0], u, s)
+                    for u, s in items]
 
     return run_group
 
@@ -321,10 +323,11 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         upper = clean_upper(req.upper, max_chars)
         check_chars(upper, "上联")
         options = req.decoder_kwargs()
-        # predict: requests with equal options share a complete_batch call. The seed is one of them,
-        # since complete_batch takes a single set of options (the decoder itself seeds each row).
+        # predict: requests with equal options share a complete_batch call. The seed is not one of them:
+        # complete_batch takes one seed per 上联 (the decoder seeds each row by itself).
+        seed = options.pop("seed")
         key = ("complete", *sorted(options.items()))
-        candidates = await batcher.submit(key, upper, config.request_timeout_s)
+        candidates = await batcher.submit(key, (upper, seed), config.request_timeout_s)
         # encode
         return {"upper": upper, "candidates": [c.to_dict() for c in candidates]}
 

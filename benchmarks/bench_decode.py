@@ -8,6 +8,7 @@ Same model (random weights unless --model), same 上联, same process, same thre
              an attention mask.
   duilian    Couplets.complete / complete_batch(n=5, method=sample): masks, KV cache, stop at the 上联's length;
              throughput in the same batches.
+  duilian_int8  the same with int8 weights (duilian.load(..., quantize="int8")), unless --no-int8.
 
 Reports per preset: latency for one 上联 with 5 candidates (median over the latency set), throughput over
 --count 上联 (candidates per second), the ratios, and the form validity (rules.check_pair) of both outputs.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from duilian.api import Couplets
+from duilian.api import Couplets, Options
 from duilian.model import build_model, load_model
 from duilian.rules import check_pair
 from duilian.text import CoupletInputError
@@ -76,15 +77,43 @@ def validity(uppers: list[str], lowers: list[list[str]]) -> float:
     return sum(checks) / max(1, len(checks))
 
 
+def int8_agreement(fp32: Couplets, int8: Couplets, uppers: list[str]) -> dict:
+    """How far int8 weights move the decoder's next-token distribution (over the emittable tokens, no rule
+    masks): both nets read the same prompt [CLS]上联- and then the same 下联 (fp32 greedy), position by
+    position. Returns max/mean |log p32 - log p8| over tokens and positions, the mean over positions of the
+    largest difference, and how often the most likely token is the same."""
+    diffs, top1 = [], []
+    with torch.inference_mode():
+        for u in uppers:
+            spec = fp32.lower_spec(u, Options())
+            prompt = torch.tensor([spec.prompt])
+            (s32, l32), (s8, l8) = fp32.net.start(prompt, spec.length), int8.net.start(prompt, spec.length)
+            for t in range(spec.length):
+                p32, p8 = torch.log_softmax(l32.float(), 1), torch.log_softmax(l8.float(), 1)  # (1, V')
+                diffs.append((p32 - p8).abs()[0])
+                top1.append(bool(p32.argmax() == p8.argmax()))
+                if t + 1 < spec.length:
+                    token = fp32.vocab.ids[p32.argmax(1)]
+                    l32, l8 = s32.step(token), s8.step(token)
+    d = torch.stack(diffs)  # (positions, V')
+    return {"positions": len(top1), "max_abs_logprob_diff": d.max().item(), "mean_abs_logprob_diff": d.mean().item(),
+            "mean_max_abs_logprob_diff": d.max(1).values.mean().item(), "top1_agreement": sum(top1) / len(top1)}
+
+
 # --- one preset -----------------------------------------------------------------------------------------------
 def bench(model, name: str, args) -> dict:
-    c = Couplets(model)
+    # duilian with the model's own fp32 weights, and (unless --no-int8 or no int8 kernel) with int8 weights.
+    sides = {"duilian": Couplets(model)}
+    if args.int8:
+        sides["duilian_int8"] = Couplets(model, quantize="int8")
+    c = sides["duilian"]
     uppers = read_uppers(args.test, args.count, c)
     latency_set = uppers[:args.latency_lines]
     with torch.inference_mode():
-        # warm-up, both sides
+        # warm-up, all sides
         baseline_batch(model, latency_set[:1], 0)
-        c.complete(latency_set[0], n=N, seed=0)
+        for s in sides.values():
+            s.complete(latency_set[0], n=N, seed=0)
 
         def timed(fn):
             t0 = time.perf_counter()
@@ -92,44 +121,50 @@ def bench(model, name: str, args) -> dict:
             return time.perf_counter() - t0
 
         # 1) latency: one 上联, 5 candidates
-        lat_base, lat_ours = [], []
+        lat = {"baseline": [], **{k: [] for k in sides}}
         for i, u in enumerate(latency_set):
-            lat_base.append(timed(lambda: baseline_batch(model, [u], i)))
-            lat_ours.append(timed(lambda: c.complete(u, n=N, seed=i)))
-        # 2) throughput: all 上联 in batches of --batch, the two sides taking turns batch by batch so that a
-        #    change in the machine's load (it is shared) falls on both alike. The batches are cut from the
+            lat["baseline"].append(timed(lambda: baseline_batch(model, [u], i)))
+            for k, s in sides.items():
+                lat[k].append(timed(lambda: s.complete(u, n=N, seed=i)))
+        # 2) throughput: all 上联 in batches of --batch, the sides taking turns batch by batch so that a
+        #    change in the machine's load (it is shared) falls on all alike. The batches are cut from the
         #    上联 sorted by length, which spares the baseline most of its padding and gives duilian (which
         #    decodes equal lengths together) few groups per batch: the same help for both.
         by_length = sorted(uppers, key=len)
-        base_out: list[list[str]] = []
-        ours_out: list = []
-        t_base = t_ours = 0.0
+        outs: dict[str, list] = {"baseline": [], **{k: [] for k in sides}}
+        t = dict.fromkeys(outs, 0.0)
         for i in range(0, len(by_length), args.batch):
             batch = by_length[i:i + args.batch]
-            t_base += timed(lambda: base_out.extend(baseline_batch(model, batch, i)))
-            t_ours += timed(lambda: ours_out.extend(c.complete_batch(batch, n=N, seed=i)))
+            t["baseline"] += timed(lambda: outs["baseline"].extend(baseline_batch(model, batch, i)))
+            for k, s in sides.items():
+                t[k] += timed(lambda: outs[k].extend(s.complete_batch(batch, n=N, seed=i)))
         # 3) duilian given all 上联 in one call, as `duilian generate --input` does (it decodes lines of equal
         #    length together, so one call makes few, full groups where batches of 50 make many small ones)
-        t_ours_all = timed(lambda: c.complete_batch(uppers, n=N, seed=0))
-    lat_b, lat_o = statistics.median(lat_base), statistics.median(lat_ours)
+        t_all = {k: timed(lambda: s.complete_batch(uppers, n=N, seed=0)) for k, s in sides.items()}
+    lat_b = statistics.median(lat["baseline"])
+    thr_b = N * len(uppers) / t["baseline"]
     result = {
         "preset": name,
         "uppers": len(uppers),
         "latency_lines": len(latency_set),
-        "latency_ms": {"baseline": 1000 * lat_b, "duilian": 1000 * lat_o, "ratio": lat_b / lat_o},
-        "throughput_candidates_per_s": {
-            "baseline": N * len(uppers) / t_base, "duilian": sum(map(len, ours_out)) / t_ours,
-            "ratio": (sum(map(len, ours_out)) / t_ours) / (N * len(uppers) / t_base),
-        },
-        "throughput_uppers_per_s": {"baseline": len(uppers) / t_base, "duilian": len(uppers) / t_ours},
-        "throughput_one_call_candidates_per_s": {
-            "duilian": sum(map(len, ours_out)) / t_ours_all,
-            "ratio": (sum(map(len, ours_out)) / t_ours_all) / (N * len(uppers) / t_base),
-        },
-        "form_valid": {"baseline": validity(by_length, base_out),
-                       "duilian": validity(by_length, [[x.text for x in cs] for cs in ours_out])},
-        "candidates_per_upper_duilian": sum(map(len, ours_out)) / len(uppers),
+        "latency_ms": {"baseline": 1000 * lat_b},
+        "throughput_candidates_per_s": {"baseline": thr_b},
+        "throughput_uppers_per_s": {"baseline": len(uppers) / t["baseline"]},
+        "throughput_one_call_candidates_per_s": {},
+        "form_valid": {"baseline": validity(by_length, outs["baseline"])},
     }
+    for k in sides:
+        lat_k = statistics.median(lat[k])
+        thr_k = sum(map(len, outs[k])) / t[k]
+        thr_all = sum(map(len, outs[k])) / t_all[k]
+        result["latency_ms"].update({k: 1000 * lat_k, f"{k}_ratio": lat_b / lat_k})
+        result["throughput_candidates_per_s"].update({k: thr_k, f"{k}_ratio": thr_k / thr_b})
+        result["throughput_uppers_per_s"][k] = len(uppers) / t[k]
+        result["throughput_one_call_candidates_per_s"].update({k: thr_all, f"{k}_ratio": thr_all / thr_b})
+        result["form_valid"][k] = validity(by_length, [[x.text for x in cs] for cs in outs[k]])
+        result[f"candidates_per_upper_{k}"] = sum(map(len, outs[k])) / len(uppers)
+    if "duilian_int8" in sides:
+        result["int8_agreement"] = int8_agreement(c, sides["duilian_int8"], latency_set)
     return result
 
 
@@ -144,10 +179,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=50, help="上联 per batch, both sides (default: 50)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for both (default: 1, the steadiest on a shared machine)")
+    p.add_argument("--no-int8", dest="int8", action="store_false",
+                   help="skip duilian with int8 weights (default: time it too, where torch has the kernel)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.int8:
+        from duilian.decode import check_int8_engine
+
+        try:
+            check_int8_engine()
+        except ValueError as e:
+            print(f"skipping int8: {e}")
+            args.int8 = False
     models = [(args.model, load_model(args.model))] if args.model else \
         [(name, build_model(name, dropout=0.0, seed=0).eval()) for name in args.presets.split(",")]
     results = []
@@ -156,12 +201,18 @@ def main(argv=None) -> int:
         r = bench(model, name, args)
         results.append(r)
         lat, thr, val = r["latency_ms"], r["throughput_candidates_per_s"], r["form_valid"]
-        print(f"{name:>5}: latency {lat['baseline']:.1f} ms -> {lat['duilian']:.1f} ms ({lat['ratio']:.1f}x lower); "
-              f"throughput {thr['baseline']:.1f} -> {thr['duilian']:.1f} candidates/s ({thr['ratio']:.1f}x) "
-              f"over {r['uppers']} 上联 in batches of {args.batch}; form valid {val['baseline']:.1%} -> "
-              f"{val['duilian']:.1%}; duilian with all 上联 in one call: "
-              f"{r['throughput_one_call_candidates_per_s']['duilian']:.1f} candidates/s "
-              f"({r['throughput_one_call_candidates_per_s']['ratio']:.1f}x)", flush=True)
+        one = r["throughput_one_call_candidates_per_s"]
+        print(f"{name:>5}: baseline latency {lat['baseline']:.1f} ms, throughput {thr['baseline']:.1f} candidates/s "
+              f"over {r['uppers']} 上联 in batches of {args.batch}, form valid {val['baseline']:.1%}", flush=True)
+        for k in (k for k in val if k != "baseline"):
+            print(f"{'':>5}  {k:12s}: latency {lat[k]:.1f} ms ({lat[k + '_ratio']:.1f}x lower); throughput "
+                  f"{thr[k]:.1f} candidates/s ({thr[k + '_ratio']:.1f}x); form valid {val[k]:.1%}; all 上联 in "
+                  f"one call: {one[k]:.1f} candidates/s ({one[k + '_ratio']:.1f}x)", flush=True)
+        if "int8_agreement" in r:
+            a = r["int8_agreement"]
+            print(f"{'':>5}  int8 vs fp32 log-probs over {a['positions']} positions: max |diff| "
+                  f"{a['max_abs_logprob_diff']:.4f}, mean {a['mean_abs_logprob_diff']:.4f}, mean of per-position max "
+                  f"{a['mean_max_abs_logprob_diff']:.4f}; top-1 agreement {a['top1_agreement']:.1%}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2,
                                         ensure_ascii=False))

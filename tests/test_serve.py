@@ -353,3 +353,18 @@ def test_cli_flags(tmp_path, capsys):
     assert "max_batch" in capsys.readouterr().err
     assert serve_cli.run(parser.parse_args(["--model", str(tmp_path / "nope")])) == 2
     assert "not a model directory" in capsys.readouterr().err
+
+
+def test_int8_weights_from_the_config(tmp_path):
+    from duilian.decode import check_int8_engine
+    from duilian.model import build_model
+
+    try:
+        check_int8_engine()
+    except ValueError as e:
+        pytest.skip(str(e))
+    build_model("tiny", seed=0).save_pretrained(tmp_path)
+    app = create_app(str(tmp_path), ServeConfig(quantize="int8"))
+    assert app.state.couplets.quantize == "int8"
+    with TestClient(app) as c:
+        assert_good_couplets(c.post("/v1/couplets", json={"upper": "春风", "n": 2, "seed": 1}), "春风", n=2)

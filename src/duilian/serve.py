@@ -79,6 +79,9 @@ class ServeConfig:
     """Requests that may wait for the model at once; more get a 503."""
     device: str = "cpu"
     """torch device for the model when `create_app` loads it from a directory."""
+    quantize: str | None = None
+    """Weights the decoder runs with when `create_app` loads the model: None (the model's own) or "int8"
+    (CPU only; see `duilian.load`)."""
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -288,7 +291,7 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     else:
         import duilian
 
-        couplets = duilian.load(couplets_or_model_dir, device=config.device)
+        couplets = duilian.load(couplets_or_model_dir, device=config.device, quantize=config.quantize)
     max_chars = min(MAX_UPPER_CHARS, int(getattr(couplets, "max_chars", MAX_UPPER_CHARS)))
     tokenizer = getattr(couplets, "tokenizer", None)
     batcher = MicroBatcher(_make_run_group(couplets), config.max_batch, config.batch_wait_ms / 1000,

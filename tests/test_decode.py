@@ -260,3 +260,18 @@ def test_chunking_changes_nothing(couplets, monkeypatch):
     monkeypatch.setattr(decode, "MAX_BATCH_POSITIONS", 40)  # one 7-character line (16 positions × 3 rows) a chunk
     chunked = couplets.complete_batch(uppers, n=3, seed=2)
     assert [[c.text for c in cs] for cs in whole] == [[c.text for c in cs] for cs in chunked]
+
+
+@pytest.mark.parametrize("search", [decode.Search(n=4), decode.Search(method="beam", n=3)])
+def test_lines_of_different_lengths_decode_together_as_if_alone(model, couplets, search):
+    """One pass over lines of many lengths (left-padded prompts, fillers after short lines) writes what each
+    line's own pass writes, with the same log-probs."""
+    uppers = random_uppers(10, seed=9)
+    assert len({len(u) for u in uppers}) > 3
+    specs = [couplets.lower_spec(u, Options(seed=i)) for i, u in enumerate(uppers)]
+    together = decode.decode(couplets.net, couplets.vocab, specs, search)
+    for spec, hyps in zip(specs, together):
+        (alone,) = decode.decode(couplets.net, couplets.vocab, [spec], search)
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        assert [h.logprob for h in hyps] == pytest.approx([h.logprob for h in alone], abs=1e-4)
+        assert all(len(h.tokens) == spec.length for h in hyps)

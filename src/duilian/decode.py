@@ -18,9 +18,11 @@ dropped for that row, softest first, so the row still gets a single Han characte
 
 Search is sampling (temperature, top-k, top-p; one uniform draw per row per step, from a generator seeded per
 line so a seeded request gives the same output whatever else is in the batch; lines whose samples repeat
-are topped up with more draws) or beam search (the beams are distinct by construction). Lines are
-decoded in groups of equal prompt and line length (a 下联 is as long as its 上联, so this is exact and needs
-no padding): the prompt is prefilled once per line, then its KV cache is expanded to the candidate rows.
+are topped up with more draws) or beam search (the beams are distinct by construction). Lines of any length
+are decoded together: prompts are left-padded (the padding is masked and does not count as positions), a
+shorter line's positions past its end are forced to a filler that costs nothing and is cut off, so each
+line's candidates are the ones it gets alone. The prompt is prefilled once per line, then its KV cache is
+expanded to the candidate rows.
 
 Candidates are ranked by score = mean per-token log-prob (under the constrained distribution) plus
 RULE_WEIGHT × rule score (fraction of rhythm positions whose tones oppose the 上联's).
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -217,15 +218,21 @@ class LeanGPT2:
     def device(self):
         return self._device
 
-    def start(self, prompts: torch.Tensor, new_tokens: int) -> tuple["KVCache", torch.Tensor]:
-        """Prefill prompts [B, T] (equal lengths) -> (cache with room for new_tokens more, logits [B, V'])."""
+    def start(self, prompts: torch.Tensor, new_tokens: int, pad: torch.Tensor | None = None
+              ) -> tuple["KVCache", torch.Tensor]:
+        """Prefill prompts [B, T] -> (cache with room for new_tokens more, logits [B, V']).
+
+        pad [B] (optional): row b's prompt is left-padded with pad[b] slots, which no query attends to and
+        which do not count as positions (the row's first real token is at position 0)."""
         B, T = prompts.shape
         if T + new_tokens > self.n_positions:
             raise ValueError(f"{T} + {new_tokens} tokens exceed the model's {self.n_positions} positions")
         hd = self.d // self.n_head
         shape = (self.n_layer, B, self.n_head, T + new_tokens, hd)
         k = torch.empty(shape, dtype=self.dtype, device=self.device)
-        cache = KVCache(self, k, torch.empty_like(k), 0)
+        if pad is not None and not bool(pad.any()):
+            pad = None  # equal lengths: the plain causal path
+        cache = KVCache(self, k, torch.empty_like(k), 0, None if pad is None else pad.to(self.device))
         return cache, cache.forward(prompts.to(self.device))
 
 
@@ -274,15 +281,17 @@ class Int8Linear:
 
 
 class KVCache:
-    """Keys and values of the rows being decoded: k, v [n_layer, R, n_head, T_max, head_dim], `length` filled."""
+    """Keys and values of the rows being decoded: k, v [n_layer, R, n_head, T_max, head_dim], `length` filled;
+    pad [R] or None: the left-padding slots of each row (see LeanGPT2.start)."""
 
-    def __init__(self, net: LeanGPT2, k: torch.Tensor, v: torch.Tensor, length: int):
-        self.net, self.k, self.v, self.length = net, k, v, length
+    def __init__(self, net: LeanGPT2, k: torch.Tensor, v: torch.Tensor, length: int, pad: torch.Tensor | None = None):
+        self.net, self.k, self.v, self.length, self.pad = net, k, v, length, pad
 
     def select(self, index: torch.Tensor) -> "KVCache":
         """A new cache whose row i is row index[i] of this one (expand a prompt to its candidates, reorder beams)."""
         index = index.to(self.k.device)
-        return KVCache(self.net, self.k.index_select(1, index), self.v.index_select(1, index), self.length)
+        pad = None if self.pad is None else self.pad.index_select(0, index)
+        return KVCache(self.net, self.k.index_select(1, index), self.v.index_select(1, index), self.length, pad)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row (vocabulary ids [R]) -> logits [R, V'] for the next position."""
@@ -295,7 +304,18 @@ class KVCache:
         # Causal masking by is_causal is only right when the queries start at position 0 (the prefill).
         assert T == 1 or p0 == 0, "multi-token steps only for the prefill"
         nh, hd = net.n_head, net.d // net.n_head
-        x = tr.wte.weight[ids] + tr.wpe.weight[p0:p1]  # (R, T, d)
+        if self.pad is None:
+            x = tr.wte.weight[ids] + tr.wpe.weight[p0:p1]  # (R, T, d)
+            mask = None
+        else:
+            # Left padding: row r's slot j holds position j - pad[r]. A query sees the real slots up to its own
+            # (and a padding query sees itself, so that no row of the softmax is empty).
+            slot = torch.arange(p1, device=ids.device)
+            pos = (slot[p0:p1][None, :] - self.pad[:, None]).clamp(min=0)  # (R, T)
+            x = tr.wte.weight[ids] + tr.wpe.weight[pos]  # (R, T, d)
+            query = slot[p0:p1][:, None]  # (T, 1)
+            mask = ((slot[None, None, :] >= self.pad[:, None, None]) & (slot <= query)) | (slot == query)
+            mask = mask[:, None]  # (R, 1, T, p1)
         for i, (block, (c_attn, c_proj, c_fc, fc_proj)) in enumerate(zip(tr.h, net.linears)):
             h = _layer_norm(x, block.ln_1)
             qkv = c_attn(h)  # (R, T, 3d)
@@ -303,7 +323,8 @@ class KVCache:
             self.k[i, :, :, p0:p1] = k
             self.v[i, :, :, p0:p1] = v
             a = F.scaled_dot_product_attention(
-                q, self.k[i, :, :, :p1], self.v[i, :, :, :p1], is_causal=T > 1, scale=net.scales[i]
+                q, self.k[i, :, :, :p1], self.v[i, :, :, :p1], attn_mask=mask, is_causal=T > 1 and mask is None,
+                scale=net.scales[i]
             )  # (R, nh, T, hd)
             x = x + c_proj(a.transpose(1, 2).reshape(R, T, net.d))
             h = _layer_norm(x, block.ln_2)
@@ -326,31 +347,42 @@ class Recompute:
         self.device = next(model.parameters()).device
         self.vocab_ids = vocab.ids.to(self.device)
 
-    def start(self, prompts: torch.Tensor, new_tokens: int):
-        state = _RecomputeState(self, prompts.to(self.device))
+    def start(self, prompts: torch.Tensor, new_tokens: int, pad: torch.Tensor | None = None):
+        pad = torch.zeros(len(prompts), dtype=torch.long) if pad is None else pad
+        state = _RecomputeState(self, prompts.to(self.device), pad.to(self.device))
         return state, state.logits()
 
 
 class _RecomputeState:
-    def __init__(self, net: Recompute, ids: torch.Tensor):
-        self.net, self.ids = net, ids
+    def __init__(self, net: Recompute, ids: torch.Tensor, pad: torch.Tensor):
+        self.net, self.ids, self.pad = net, ids, pad
 
     def select(self, index):
-        return _RecomputeState(self.net, self.ids.index_select(0, index.to(self.ids.device)))
+        index = index.to(self.ids.device)
+        return _RecomputeState(self.net, self.ids.index_select(0, index), self.pad.index_select(0, index))
 
     def step(self, tokens):
         self.ids = torch.cat([self.ids, tokens.to(self.ids.device)[:, None]], dim=1)
         return self.logits()
 
     def logits(self):
-        out = self.net.model(self.ids, use_cache=False).logits[:, -1]  # (R, V)
+        if self.pad.any():  # left padding: masked out, positions counted from each row's first real token
+            slot = torch.arange(self.ids.shape[1], device=self.ids.device)[None, :]
+            mask = (slot >= self.pad[:, None]).long()
+            pos = (slot - self.pad[:, None]).clamp(min=0)
+            out = self.net.model(self.ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
+        else:
+            out = self.net.model(self.ids, use_cache=False).logits[:, -1]  # (R, V)
         return out.index_select(1, self.net.vocab_ids)
 
 
 # --- constraints as tensors -------------------------------------------------------------------------------------
 @dataclass
 class Rules:
-    """The LineSpecs of one group (B lines of equal length L) as tensors in sub-vocabulary indices."""
+    """The LineSpecs of one batch (B lines, the longest L positions) as tensors in sub-vocabulary indices.
+
+    A shorter line's positions past its end force a filler token (log-prob 0, so neither sampling nor beam
+    scores feel it) and count for nothing; its tokens there are cut off at the end."""
 
     forced: torch.Tensor  # (B, L) long, -1 = free
     repeat_of: torch.Tensor  # (B, L) long
@@ -360,31 +392,40 @@ class Rules:
     final_pos: torch.Tensor  # (B,) long, -1 = none
     final_rule: torch.Tensor  # (B,) long
     rhythm: torch.Tensor  # (B, L) int8
+    lengths: torch.Tensor  # (B,) long, each line's own length
 
     @classmethod
     def build(cls, specs: list[LineSpec], vocab: Vocab) -> "Rules":
         sub = vocab.to_sub
+        L = max(s.length for s in specs)
+        filler = int(vocab.han.cpu().nonzero()[0])
 
-        def ids(rows):  # vocabulary ids -> sub indices, -1 kept (and unknown ids become -1)
-            t = torch.tensor(rows, dtype=torch.long)
+        def padded(rows, fill):  # per-line lists -> (B, L), positions past a line's end = fill (or own index)
+            return [r + [(i if fill is None else fill) for i in range(len(r), L)] for r in rows]
+
+        def ids(rows, per_position=True):  # vocabulary ids -> sub indices, -1 kept (and unknown ids become -1)
+            t = torch.tensor(padded(rows, -1) if per_position else rows, dtype=torch.long)
             return torch.where(t >= 0, sub[t.clamp(min=0)], t)
 
         forced = ids([s.forced for s in specs])
-        if ((forced < 0) & (torch.tensor([s.forced for s in specs]) >= 0)).any():
+        if ((forced < 0) & (torch.tensor(padded([s.forced for s in specs], -1)) >= 0)).any():
             raise ValueError("a forced token is not one the decoder may emit")
+        lengths = torch.tensor([s.length for s in specs], dtype=torch.long)
+        forced[torch.arange(L)[None, :] >= lengths[:, None]] = filler
         banned = torch.zeros(len(specs), len(vocab), dtype=torch.bool)
         for b, s in enumerate(specs):
-            t = ids(s.banned) if s.banned else torch.empty(0, dtype=torch.long)
+            t = ids(s.banned, per_position=False) if s.banned else torch.empty(0, dtype=torch.long)
             banned[b, t[t >= 0]] = True
         return cls(
             forced=forced,
-            repeat_of=torch.tensor([s.repeat_of for s in specs], dtype=torch.long),
+            repeat_of=torch.tensor(padded([s.repeat_of for s in specs], None), dtype=torch.long),
             banned_at=ids([s.banned_at for s in specs]),
             banned=banned,
             distinct=torch.tensor([s.distinct for s in specs]),
             final_pos=torch.tensor([s.final_pos for s in specs], dtype=torch.long),
             final_rule=torch.tensor([s.final_rule for s in specs], dtype=torch.long),
-            rhythm=torch.tensor([s.rhythm for s in specs], dtype=torch.int8),
+            rhythm=torch.tensor(padded([s.rhythm for s in specs], TONE_NONE), dtype=torch.int8),
+            lengths=lengths,
         )
 
     def to(self, device) -> "Rules":
@@ -481,20 +522,27 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
     net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length).
     """
     results: list[list[Hypothesis]] = [[] for _ in specs]
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, s in enumerate(specs):
-        groups[len(s.prompt), s.length].append(i)
     rows_per_line = search.n if search.method == "beam" else 1 if search.temperature == 0 else search.n
+    # Lines of any length are decoded together (left-padded prompts, shorter lines padded at the end), sorted
+    # by length so that a big input makes batches of nearly equal lengths. Each batch is bounded by rows x
+    # positions (MAX_BATCH_POSITIONS).
+    order = sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))
+    chunks: list[list[int]] = []
+    width = 0  # prompt + line positions of the current chunk
+    for i in order:
+        need = len(specs[i].prompt) + specs[i].length
+        if chunks and (len(chunks[-1]) + 1) * rows_per_line * max(width, need) <= MAX_BATCH_POSITIONS:
+            chunks[-1].append(i)
+            width = max(width, need)
+        else:
+            chunks.append([i])
+            width = need
     device = vocab.ids.device
+    run = _beam if search.method == "beam" else _sample
     with torch.inference_mode():
-        for (prompt_len, length), idxs in groups.items():
-            per_chunk = max(1, MAX_BATCH_POSITIONS // (prompt_len + length) // rows_per_line)
-            for c in range(0, len(idxs), per_chunk):
-                chunk = idxs[c:c + per_chunk]
-                group = [specs[i] for i in chunk]
-                run = _beam if search.method == "beam" else _sample
-                for i, hyps in zip(chunk, run(net, vocab, group, search, device)):
-                    results[i] = hyps
+        for chunk in chunks:
+            for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device)):
+                results[i] = hyps
     return results
 
 
@@ -521,11 +569,18 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
     return out
 
 
+def _start(net, specs: list[LineSpec]):
+    """Prefill the prompts, left-padded to the longest -> (state, logits [B, V'])."""
+    P = max(len(s.prompt) for s in specs)
+    prompts = torch.tensor([[0] * (P - len(s.prompt)) + s.prompt for s in specs], dtype=torch.long)
+    pad = torch.tensor([P - len(s.prompt) for s in specs], dtype=torch.long)
+    return net.start(prompts, max(s.length for s in specs), pad)
+
+
 def _sample(net, vocab, specs, search, device):
-    B, L = len(specs), specs[0].length
+    B, L = len(specs), max(s.length for s in specs)
     rules = Rules.build(specs, vocab).to(device)
-    prompts = torch.tensor([s.prompt for s in specs], dtype=torch.long)
-    state0, logits0 = net.start(prompts, L)
+    state0, logits0 = _start(net, specs)
     gens = [torch.Generator().manual_seed(s.seed) if s.seed is not None else None for s in specs]
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     greedy = search.temperature == 0
@@ -536,7 +591,8 @@ def _sample(net, vocab, specs, search, device):
             break
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor(counts)).to(device)
         # One uniform per row and position, drawn from the line's own generator: batch-independent.
-        u = torch.cat([torch.rand(k, L, generator=g) for k, g in zip(counts, gens) if k]).to(device)
+        u = torch.cat([F.pad(torch.rand(k, s.length, generator=g), (0, L - s.length))
+                       for k, g, s in zip(counts, gens, specs) if k]).to(device)
         logp_sum = torch.zeros(rows.numel(), device=device)
 
         def choose(t, logp):
@@ -545,16 +601,15 @@ def _sample(net, vocab, specs, search, device):
             return None, token
 
         out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose)
-        _collect(found, rows, out, logp_sum / L, rules, vocab)
+        _collect(found, rows, out, logp_sum / rules.lengths[rows], rules, vocab)
         counts = [0 if len(f) >= want else 2 * (want - len(f)) for f in found]
     return [sorted(f.values(), key=lambda h: -h.score)[:want] for f in found]
 
 
 def _beam(net, vocab, specs, search, device):
-    B, L, W = len(specs), specs[0].length, search.n
+    B, L, W = len(specs), max(s.length for s in specs), search.n
     rules = Rules.build(specs, vocab).to(device)
-    prompts = torch.tensor([s.prompt for s in specs], dtype=torch.long)
-    state, logits = net.start(prompts, L)
+    state, logits = _start(net, specs)
     rows = torch.arange(B, device=device).repeat_interleave(W)  # (B*W,) line of each beam row
     # All beams start as the same empty line; only the first is alive so the first step fans out.
     beam = torch.full((B, W), -math.inf, device=device)
@@ -571,7 +626,7 @@ def _beam(net, vocab, specs, search, device):
     out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose)
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     alive = torch.isfinite(beam.view(-1))
-    _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / L, rules, vocab)
+    _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab)
     return [sorted(f.values(), key=lambda h: -h.score)[:W] for f in found]
 
 
@@ -580,7 +635,9 @@ def _collect(found, rows, out, logprob, rules, vocab):
     rule = rule_scores(rules, vocab, rows, out)
     score = logprob + RULE_WEIGHT * rule
     tokens = vocab.ids[out].tolist()
-    for r, toks, lp, rs, sc in zip(rows.tolist(), tokens, logprob.tolist(), rule.tolist(), score.tolist()):
+    lengths = rules.lengths[rows].tolist()
+    for r, toks, n, lp, rs, sc in zip(rows.tolist(), tokens, lengths, logprob.tolist(), rule.tolist(), score.tolist()):
+        toks = toks[:n]  # a shorter line's filler is cut off
         key = tuple(toks)
         if key not in found[r] or found[r][key].score < sc:
             found[r][key] = Hypothesis(tokens=toks, logprob=lp, rule_score=rs, score=sc)

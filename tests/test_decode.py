@@ -65,6 +65,20 @@ def test_lean_forward_matches_transformers(model, vocab):
     torch.testing.assert_close(step, model(full).logits[:, -1, vocab.ids], rtol=1e-4, atol=1e-4)
 
 
+def test_lean_forward_with_prompts_of_different_lengths(model, vocab):
+    net = decode.LeanGPT2(model, vocab)
+    prompts = [[101, 704, 118], [101, 2769, 4263, 118], [101, 2769, 4263, 118]]
+    cache, logits = net.start(prompts, new_tokens=2)
+    for p, row in zip(prompts, logits):
+        torch.testing.assert_close(row, model(torch.tensor([p])).logits[0, -1, vocab.ids], rtol=1e-4, atol=1e-4)
+    step = cache.select(torch.tensor([0, 0, 2])).step(torch.tensor([6435, 3300, 4638]))
+    for p, tok, row in zip([prompts[0], prompts[0], prompts[2]], [6435, 3300, 4638], step):
+        ref = model(torch.tensor([p + [tok]])).logits[0, -1, vocab.ids]
+        torch.testing.assert_close(row, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="next to each other"):
+        net.start([[101, 118], [101, 704, 118], [101, 118]], new_tokens=1)
+
+
 # --- int8 weights -----------------------------------------------------------------------------------------------
 def _has_int8_kernel():
     try:

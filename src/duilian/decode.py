@@ -19,9 +19,10 @@ dropped for that row, softest first, so the row still gets a single Han characte
 Search is sampling (temperature, top-k, top-p; one uniform draw per row per step, from a generator seeded per
 line so a seeded request gives the same output whatever else is in the batch; lines whose samples repeat
 are topped up with more draws) or beam search (the beams are distinct by construction). Lines of any length
-are decoded together: prompts are left-padded (the padding is masked and does not count as positions), a
-shorter line's positions past its end are forced to a filler that costs nothing and is cut off, so each
-line's candidates are the ones it gets alone. The prompt is prefilled once per line, then its KV cache is
+are decoded together: the matmuls take all rows at once, attention runs per run of equal prompt lengths
+(each with its own KV cache: no padding, no mask), and a shorter line's positions past its end are forced to
+a filler that costs nothing and is cut off, so each line computes what it would alone. Lines far apart in
+length go in separate passes (length_spans). The prompt is prefilled once per line, then its KV cache is
 expanded to the candidate rows.
 
 Candidates are ranked by score = mean per-token log-prob (under the constrained distribution) plus
@@ -50,6 +51,9 @@ RULE_NEUTRAL = 0.5
 MAX_BATCH_POSITIONS = 4096
 """Most rows × positions decoded together: bounds the KV cache (about 300 MB for the base model; 256 rows of
 a 7-character couplet, 61 of a 32-character one) and the [rows, vocab] masks."""
+STEP_COST_ROWS = 32
+"""A decoding step's fixed cost (Python, kernel launches, reading the weights), in rows' worth of work: lines
+of different lengths share a pass when padding the shorter ones costs less than another pass's steps."""
 SAMPLE_ROUNDS = 3
 """Sampling draws n rows per line, then up to SAMPLE_ROUNDS - 1 more rounds (twice the number still
 missing) for lines whose samples were duplicates."""
@@ -218,22 +222,57 @@ class LeanGPT2:
     def device(self):
         return self._device
 
-    def start(self, prompts: torch.Tensor, new_tokens: int, pad: torch.Tensor | None = None
-              ) -> tuple["KVCache", torch.Tensor]:
-        """Prefill prompts [B, T] -> (cache with room for new_tokens more, logits [B, V']).
+    def start(self, prompts: torch.Tensor | list[list[int]], new_tokens: int) -> tuple["KVCache", torch.Tensor]:
+        """Prefill prompts -> (cache with room for new_tokens more per row, logits [B, V']).
 
-        pad [B] (optional): row b's prompt is left-padded with pad[b] slots, which no query attends to and
-        which do not count as positions (the row's first real token is at position 0)."""
-        B, T = prompts.shape
-        if T + new_tokens > self.n_positions:
-            raise ValueError(f"{T} + {new_tokens} tokens exceed the model's {self.n_positions} positions")
+        prompts: [B, T] ids, or lists of ids of any lengths with equal lengths next to each other. Each run of
+        equal lengths is prefilled on its own and keeps its own cache, so a row computes exactly what it
+        would alone (no padding, no attention mask)."""
+        groups = _runs(prompts)
+        longest = max(len(g[0]) for g in groups)
+        if longest + new_tokens > self.n_positions:
+            raise ValueError(f"{longest} + {new_tokens} tokens exceed the model's {self.n_positions} positions")
         hd = self.d // self.n_head
-        shape = (self.n_layer, B, self.n_head, T + new_tokens, hd)
-        k = torch.empty(shape, dtype=self.dtype, device=self.device)
-        if pad is not None and not bool(pad.any()):
-            pad = None  # equal lengths: the plain causal path
-        cache = KVCache(self, k, torch.empty_like(k), 0, None if pad is None else pad.to(self.device))
-        return cache, cache.forward(prompts.to(self.device))
+        ks, vs, logits = [], [], []
+        for g in groups:
+            ids = torch.tensor(g, dtype=torch.long, device=self.device)  # (B_g, T_g)
+            shape = (self.n_layer, len(g), self.n_head, ids.shape[1] + new_tokens, hd)
+            k = torch.empty(shape, dtype=self.dtype, device=self.device)
+            cache = KVCache(self, [k], [torch.empty_like(k)], [0])
+            logits.append(cache.forward(ids))
+            ks += cache.k
+            vs += cache.v
+        cache = KVCache(self, ks, vs, [len(g[0]) for g in groups])
+        return cache, torch.cat(logits) if len(logits) > 1 else logits[0]
+
+
+def _runs(prompts) -> list[list[list[int]]]:
+    """Prompts -> runs of consecutive prompts of equal length."""
+    prompts = prompts.tolist() if isinstance(prompts, torch.Tensor) else list(prompts)
+    runs: list[list[list[int]]] = []
+    for p in prompts:
+        if runs and len(runs[-1][0]) == len(p):
+            runs[-1].append(list(p))
+        else:
+            runs.append([list(p)])
+    if len({len(r[0]) for r in runs}) != len(runs):
+        raise ValueError("prompts of equal length must be next to each other")
+    return runs
+
+
+def _split(index: torch.Tensor, sizes: list[int]) -> list[tuple[int, torch.Tensor]]:
+    """Global row indices into groups of `sizes` rows -> [(group, local indices)], in order; the rows of a
+    group must stay together (expanding lines to candidates and reordering beams within a line do)."""
+    ends = torch.tensor(sizes, device=index.device).cumsum(0)
+    group = torch.searchsorted(ends, index, right=True)  # (R',)
+    out, start = [], 0
+    for g, n in zip(*torch.unique_consecutive(group, return_counts=True)):
+        g, n = int(g), int(n)
+        out.append((g, index[start:start + n] - (ends[g] - sizes[g])))
+        start += n
+    if len({g for g, _ in out}) != len(out):
+        raise ValueError("a group's rows must stay together")
+    return out
 
 
 QUANTIZE = (None, "int8")
@@ -281,55 +320,52 @@ class Int8Linear:
 
 
 class KVCache:
-    """Keys and values of the rows being decoded: k, v [n_layer, R, n_head, T_max, head_dim], `length` filled;
-    pad [R] or None: the left-padding slots of each row (see LeanGPT2.start)."""
+    """Keys and values of the rows being decoded, one cache per run of rows with equal prompt lengths:
+    k[g], v[g] [n_layer, R_g, n_head, T_max_g, head_dim] with filled[g] slots written."""
 
-    def __init__(self, net: LeanGPT2, k: torch.Tensor, v: torch.Tensor, length: int, pad: torch.Tensor | None = None):
-        self.net, self.k, self.v, self.length, self.pad = net, k, v, length, pad
+    def __init__(self, net: LeanGPT2, k: list[torch.Tensor], v: list[torch.Tensor], filled: list[int]):
+        self.net, self.k, self.v, self.filled = net, k, v, filled
 
     def select(self, index: torch.Tensor) -> "KVCache":
         """A new cache whose row i is row index[i] of this one (expand a prompt to its candidates, reorder beams)."""
-        index = index.to(self.k.device)
-        pad = None if self.pad is None else self.pad.index_select(0, index)
-        return KVCache(self.net, self.k.index_select(1, index), self.v.index_select(1, index), self.length, pad)
+        parts = _split(index.to(self.k[0].device), [k.shape[1] for k in self.k])
+        return KVCache(self.net, [self.k[g].index_select(1, i) for g, i in parts],
+                       [self.v[g].index_select(1, i) for g, i in parts], [self.filled[g] for g, _ in parts])
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row (vocabulary ids [R]) -> logits [R, V'] for the next position."""
-        return self.forward(tokens.to(self.k.device)[:, None])
+        return self.forward(tokens.to(self.k[0].device)[:, None])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         net, tr = self.net, self.net.tr
         R, T = ids.shape
-        p0, p1 = self.length, self.length + T
         # Causal masking by is_causal is only right when the queries start at position 0 (the prefill).
-        assert T == 1 or p0 == 0, "multi-token steps only for the prefill"
+        assert T == 1 or self.filled == [0], "multi-token steps only for the prefill of one group"
         nh, hd = net.n_head, net.d // net.n_head
-        if self.pad is None:
-            x = tr.wte.weight[ids] + tr.wpe.weight[p0:p1]  # (R, T, d)
-            mask = None
-        else:
-            # Left padding: row r's slot j holds position j - pad[r]. A query sees the real slots up to its own
-            # (and a padding query sees itself, so that no row of the softmax is empty).
-            slot = torch.arange(p1, device=ids.device)
-            pos = (slot[p0:p1][None, :] - self.pad[:, None]).clamp(min=0)  # (R, T)
-            x = tr.wte.weight[ids] + tr.wpe.weight[pos]  # (R, T, d)
-            query = slot[p0:p1][:, None]  # (T, 1)
-            mask = ((slot[None, None, :] >= self.pad[:, None, None]) & (slot <= query)) | (slot == query)
-            mask = mask[:, None]  # (R, 1, T, p1)
+        sizes = [k.shape[1] for k in self.k]
+        if len(sizes) == 1:
+            p0 = self.filled[0]
+            x = tr.wte.weight[ids] + tr.wpe.weight[p0:p0 + T]  # (R, T, d)
+        else:  # one new token per row, each group at its own position
+            pos = torch.cat([torch.full((n,), f, device=ids.device) for n, f in zip(sizes, self.filled)])
+            x = tr.wte.weight[ids] + tr.wpe.weight[pos][:, None]  # (R, 1, d)
         for i, (block, (c_attn, c_proj, c_fc, fc_proj)) in enumerate(zip(tr.h, net.linears)):
             h = _layer_norm(x, block.ln_1)
-            qkv = c_attn(h)  # (R, T, 3d)
+            qkv = c_attn(h)  # (R, T, 3d): the matmuls take all rows at once
             q, k, v = (t.view(R, T, nh, hd).transpose(1, 2) for t in qkv.split(net.d, dim=2))  # (R, nh, T, hd)
-            self.k[i, :, :, p0:p1] = k
-            self.v[i, :, :, p0:p1] = v
-            a = F.scaled_dot_product_attention(
-                q, self.k[i, :, :, :p1], self.v[i, :, :, :p1], attn_mask=mask, is_causal=T > 1 and mask is None,
-                scale=net.scales[i]
-            )  # (R, nh, T, hd)
-            x = x + c_proj(a.transpose(1, 2).reshape(R, T, net.d))
+            outs, a = [], 0
+            for kc, vc, f, n in zip(self.k, self.v, self.filled, sizes):  # attention group by group
+                kc[i, :, :, f:f + T] = k[a:a + n]
+                vc[i, :, :, f:f + T] = v[a:a + n]
+                outs.append(F.scaled_dot_product_attention(
+                    q[a:a + n], kc[i, :, :, :f + T], vc[i, :, :, :f + T], is_causal=T > 1, scale=net.scales[i]
+                ))  # (R_g, nh, T, hd)
+                a += n
+            att = torch.cat(outs) if len(outs) > 1 else outs[0]
+            x = x + c_proj(att.transpose(1, 2).reshape(R, T, net.d))
             h = _layer_norm(x, block.ln_2)
             x = x + fc_proj(net.act(c_fc(h)))
-        self.length = p1
+        self.filled = [f + T for f in self.filled]
         h = _layer_norm(x[:, -1], tr.ln_f)  # (R, d): only the last position is ever needed
         return net.head(h)  # (R, V')
 
@@ -347,32 +383,29 @@ class Recompute:
         self.device = next(model.parameters()).device
         self.vocab_ids = vocab.ids.to(self.device)
 
-    def start(self, prompts: torch.Tensor, new_tokens: int, pad: torch.Tensor | None = None):
-        pad = torch.zeros(len(prompts), dtype=torch.long) if pad is None else pad
-        state = _RecomputeState(self, prompts.to(self.device), pad.to(self.device))
+    def start(self, prompts, new_tokens: int):
+        groups = [torch.tensor(g, dtype=torch.long, device=self.device) for g in _runs(prompts)]
+        state = _RecomputeState(self, groups)
         return state, state.logits()
 
 
 class _RecomputeState:
-    def __init__(self, net: Recompute, ids: torch.Tensor, pad: torch.Tensor):
-        self.net, self.ids, self.pad = net, ids, pad
+    def __init__(self, net: Recompute, ids: list[torch.Tensor]):
+        self.net, self.ids = net, ids  # one [R_g, T_g] tensor per run of equal prompt lengths
 
     def select(self, index):
-        index = index.to(self.ids.device)
-        return _RecomputeState(self.net, self.ids.index_select(0, index), self.pad.index_select(0, index))
+        parts = _split(index.to(self.net.device), [len(g) for g in self.ids])
+        return _RecomputeState(self.net, [self.ids[g].index_select(0, i) for g, i in parts])
 
     def step(self, tokens):
-        self.ids = torch.cat([self.ids, tokens.to(self.ids.device)[:, None]], dim=1)
+        tokens, a = tokens.to(self.net.device), 0
+        for g, ids in enumerate(self.ids):
+            self.ids[g] = torch.cat([ids, tokens[a:a + len(ids), None]], dim=1)
+            a += len(ids)
         return self.logits()
 
     def logits(self):
-        if self.pad.any():  # left padding: masked out, positions counted from each row's first real token
-            slot = torch.arange(self.ids.shape[1], device=self.ids.device)[None, :]
-            mask = (slot >= self.pad[:, None]).long()
-            pos = (slot - self.pad[:, None]).clamp(min=0)
-            out = self.net.model(self.ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
-        else:
-            out = self.net.model(self.ids, use_cache=False).logits[:, -1]  # (R, V)
+        out = torch.cat([self.net.model(g, use_cache=False).logits[:, -1] for g in self.ids])  # (R, V)
         return out.index_select(1, self.net.vocab_ids)
 
 
@@ -388,6 +421,7 @@ class Rules:
     repeat_of: torch.Tensor  # (B, L) long
     banned_at: torch.Tensor  # (B, L) long, -1 = none
     banned: torch.Tensor  # (B, V') bool
+    free: torch.Tensor  # (B, V') bool: Han and not banned, where a free position starts from
     distinct: torch.Tensor  # (B,) bool
     final_pos: torch.Tensor  # (B,) long, -1 = none
     final_rule: torch.Tensor  # (B,) long
@@ -421,6 +455,7 @@ class Rules:
             repeat_of=torch.tensor(padded([s.repeat_of for s in specs], None), dtype=torch.long),
             banned_at=ids([s.banned_at for s in specs]),
             banned=banned,
+            free=vocab.han.cpu() & ~banned,
             distinct=torch.tensor([s.distinct for s in specs]),
             final_pos=torch.tensor([s.final_pos for s in specs], dtype=torch.long),
             final_rule=torch.tensor([s.final_rule for s in specs], dtype=torch.long),
@@ -439,34 +474,19 @@ def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: 
     rows [R]: the line (index into `rules`) of each row; out [R, L]: tokens written so far (sub indices);
     used [R, V']: tokens this row has written. Every row allows at least one token.
     """
-    R, V = rows.numel(), len(vocab)
+    R = rows.numel()
     ar = torch.arange(R, device=rows.device)
-    allowed = vocab.han.expand(R, V).clone()  # a free position takes one Han character
-    # The softer rules, hardest first. Each is kept for a row only if the row still has a token left.
-    at = rules.banned_at[rows, t]  # (R,)
-    no_copy_here = torch.ones(R, V, dtype=torch.bool, device=rows.device)
-    no_copy_here[ar[at >= 0], at[at >= 0]] = False
-    layers = [
-        no_copy_here,
-        ~(used & rules.distinct[rows, None]),  # 重字 only where the 上联 has them (copies are forced below)
-        ~rules.banned[rows],  # none of the 上联's characters
-    ]
-    final = rules.final_pos[rows] == t
-    if final.any():
-        rule = torch.where(final, rules.final_rule[rows], END_ANY)[:, None]  # (R, 1)
-        tone = vocab.tone[None, :]
-        layers.append((rule == END_ANY) | ((rule == END_NOT_OBLIQUE) & (tone != TONE_OBLIQUE))
-                      | ((rule == END_OBLIQUE) & (tone == TONE_OBLIQUE)))
-    strict = allowed.clone()
-    for layer in layers:
-        strict &= layer
-    stuck = ~strict.any(dim=1)  # rows the rules leave with nothing (only with tiny vocabularies)
+    # All rules at once (few passes over [R, V']: this runs for every row at every step).
+    allowed = rules.free[rows]  # one Han character, none of the 上联's
+    allowed.masked_fill_(used & rules.distinct[rows, None], False)  # 重字 only where the 上联 has them
+    at = rules.banned_at[rows, t]  # (R,) no copy in place
+    allowed[ar[at >= 0], at[at >= 0]] = False
+    final = (rules.final_pos[rows] == t).nonzero()[:, 0]
+    if final.numel():
+        allowed[final] &= _final_tone_ok(rules.final_rule[rows[final]], vocab)
+    stuck = ~allowed.any(dim=1)  # rows the rules leave with nothing (only with tiny vocabularies)
     if stuck.any():
-        for layer in layers:
-            tightened = allowed & layer
-            allowed = torch.where(tightened.any(dim=1, keepdim=True), tightened, allowed)
-        strict[stuck] = allowed[stuck]
-    allowed = strict
+        allowed[stuck] = _relaxed(rules, vocab, rows[stuck], t, used[stuck])
     # Forced tokens override the mask: the 上联's punctuation, fixed characters, and copies of this row's own
     # token where the 上联 repeats a character.
     forced = rules.forced[rows, t]
@@ -478,6 +498,35 @@ def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: 
     if has.any():
         allowed[has] = False
         allowed[ar[has], forced[has]] = True
+    return allowed
+
+
+def _final_tone_ok(rule: torch.Tensor, vocab: Vocab) -> torch.Tensor:
+    """rule [R] (END_*) -> [R, V'] bool: the tokens whose tone the final-tone rule allows."""
+    rule, tone = rule[:, None], vocab.tone[None, :]
+    return ((rule == END_ANY) | ((rule == END_NOT_OBLIQUE) & (tone != TONE_OBLIQUE))
+            | ((rule == END_OBLIQUE) & (tone == TONE_OBLIQUE)))
+
+
+def _relaxed(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, used: torch.Tensor) -> torch.Tensor:
+    """The mask for rows that the rules leave with no token: the softer rules, hardest first, each kept only
+    if the row still has a token left -> [R, V'] bool, at least one Han character per row."""
+    R, V = rows.numel(), len(vocab)
+    ar = torch.arange(R, device=rows.device)
+    allowed = vocab.han.expand(R, V).clone()  # a free position takes one Han character
+    at = rules.banned_at[rows, t]
+    no_copy_here = torch.ones(R, V, dtype=torch.bool, device=rows.device)
+    no_copy_here[ar[at >= 0], at[at >= 0]] = False
+    final = rules.final_pos[rows] == t
+    layers = [
+        no_copy_here,
+        ~(used & rules.distinct[rows, None]),
+        ~rules.banned[rows],
+        _final_tone_ok(torch.where(final, rules.final_rule[rows], END_ANY), vocab),
+    ]
+    for layer in layers:
+        tightened = allowed & layer
+        allowed = torch.where(tightened.any(dim=1, keepdim=True), tightened, allowed)
     return allowed
 
 
@@ -493,13 +542,15 @@ def rule_scores(rules: Rules, vocab: Vocab, rows: torch.Tensor, out: torch.Tenso
 
 # --- search -----------------------------------------------------------------------------------------------------
 def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
-    """Sample one token per row from masked logits [R, V'] (-inf = not allowed) with uniforms u [R] in [0, 1).
+    """Sample one token per row from masked log-probs [R, V'] (log_softmax output, -inf = not allowed) with
+    uniforms u [R] in [0, 1).
 
     Inverse-CDF sampling: one draw per row keeps seeded rows independent of the rest of the batch.
     """
     if search.temperature == 0:
         return logits.argmax(dim=1)
-    probs = torch.softmax(logits / search.temperature, dim=1)
+    # The decoder passes log-probs, so at temperature 1 exp() is already the distribution.
+    probs = logits.exp() if search.temperature == 1 else torch.softmax(logits / search.temperature, dim=1)
     if search.top_k:
         kth = probs.topk(min(search.top_k, probs.shape[1]), dim=1).values[:, -1:]
         probs = torch.where(probs >= kth, probs, 0.0)
@@ -513,7 +564,7 @@ def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
     token = torch.searchsorted(cdf, x, right=True)[:, 0].clamp(max=probs.shape[1] - 1)
     # Rounding can land on a zero-probability token at the very end of the cdf: take the likeliest instead.
     bad = probs.gather(1, token[:, None])[:, 0] <= 0
-    return torch.where(bad, logits.argmax(dim=1), token)
+    return torch.where(bad, logits.argmax(dim=1), token) if bool(bad.any()) else token
 
 
 def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
@@ -523,27 +574,50 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
     """
     results: list[list[Hypothesis]] = [[] for _ in specs]
     rows_per_line = search.n if search.method == "beam" else 1 if search.temperature == 0 else search.n
-    # Lines of any length are decoded together (left-padded prompts, shorter lines padded at the end), sorted
-    # by length so that a big input makes batches of nearly equal lengths. Each batch is bounded by rows x
-    # positions (MAX_BATCH_POSITIONS).
-    order = sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))
     chunks: list[list[int]] = []
-    width = 0  # prompt + line positions of the current chunk
-    for i in order:
-        need = len(specs[i].prompt) + specs[i].length
-        if chunks and (len(chunks[-1]) + 1) * rows_per_line * max(width, need) <= MAX_BATCH_POSITIONS:
-            chunks[-1].append(i)
-            width = max(width, need)
-        else:
-            chunks.append([i])
-            width = need
+    for span in length_spans(specs, rows_per_line):
+        # Each batch is bounded by rows x positions (MAX_BATCH_POSITIONS).
+        width = 0  # prompt + line positions of the current chunk
+        for n, i in enumerate(span):
+            need = len(specs[i].prompt) + specs[i].length
+            if n and (len(chunks[-1]) + 1) * rows_per_line * max(width, need) <= MAX_BATCH_POSITIONS:
+                chunks[-1].append(i)
+                width = max(width, need)
+            else:
+                chunks.append([i])
+                width = need
     device = vocab.ids.device
     run = _beam if search.method == "beam" else _sample
     with torch.inference_mode():
         for chunk in chunks:
+            chunk = sorted(chunk, key=lambda i: len(specs[i].prompt))  # equal prompt lengths together
             for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device)):
                 results[i] = hyps
     return results
+
+
+def length_spans(specs: list[LineSpec], rows_per_line: int) -> list[list[int]]:
+    """Split the lines (indices into specs) into runs of nearby lengths to decode together.
+
+    One pass over lines of many lengths takes as many steps as the longest, so short lines pay for padding;
+    separate passes pay each step's fixed cost again. With lines sorted by length, the split minimises
+    sum over passes of steps x (rows + STEP_COST_ROWS), by dynamic programming over the distinct lengths.
+    """
+    order = sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))
+    lengths = sorted({specs[i].length for i in order})
+    rows = [rows_per_line * sum(1 for s in specs if s.length == n) for n in lengths]
+    best = [0.0] + [math.inf] * len(lengths)  # best[j]: cost of the lengths[:j]
+    cut = [0] * (len(lengths) + 1)
+    for j in range(1, len(lengths) + 1):
+        for i in range(j):
+            cost = best[i] + lengths[j - 1] * (sum(rows[i:j]) + STEP_COST_ROWS)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(lengths)
+    while j:
+        bounds.append((lengths[cut[j]], lengths[j - 1]))
+        j = cut[j]
+    return [[i for i in order if lo <= specs[i].length <= hi] for lo, hi in reversed(bounds)]
 
 
 def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose):
@@ -557,7 +631,7 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
     used = torch.zeros(R, len(vocab), dtype=torch.bool, device=rows.device)
     for t in range(length):
         allowed = allowed_tokens(rules, vocab, rows, t, out, used)
-        logp = torch.log_softmax(logits.float().masked_fill(~allowed, -math.inf), dim=1)  # (R, V')
+        logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R, V')
         parent, token = choose(t, logp)
         if parent is not None:
             out, used = out[parent], used[parent]
@@ -570,11 +644,8 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
 
 
 def _start(net, specs: list[LineSpec]):
-    """Prefill the prompts, left-padded to the longest -> (state, logits [B, V'])."""
-    P = max(len(s.prompt) for s in specs)
-    prompts = torch.tensor([[0] * (P - len(s.prompt)) + s.prompt for s in specs], dtype=torch.long)
-    pad = torch.tensor([P - len(s.prompt) for s in specs], dtype=torch.long)
-    return net.start(prompts, max(s.length for s in specs), pad)
+    """Prefill the prompts (specs come sorted by prompt length) -> (state, logits [B, V'])."""
+    return net.start([s.prompt for s in specs], max(s.length for s in specs))
 
 
 def _sample(net, vocab, specs, search, device):

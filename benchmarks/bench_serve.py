@@ -1,7 +1,8 @@
 """Load benchmark for `duilian serve`, on loopback only, bounded in requests and time.
 
 Starts two real servers (the `duilian serve` CLI module, in subprocesses) on free 127.0.0.1 ports with a
-random model of the given preset, then sends 上联 from the test fixture with C concurrent httpx clients:
+random model of the given preset, then sends 上联 from the test fixture with C concurrent clients (a minimal keep-alive HTTP client; --client
+httpx for httpx):
 
     baseline   max_batch=1: the same server code handling one request at a time
     batched    max_batch=C: concurrent requests decoded together
@@ -30,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import httpx
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "couplets" / "in.txt"
@@ -52,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=5, help="candidates per request (default 5)")
     p.add_argument("--batch-wait-ms", type=float, default=50.0, help="the batched server's longest wait (default 50 ms)")
     p.add_argument("--batch-gap-ms", type=float, default=5.0, help="the batched server's idle gap (default 5 ms)")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="load generator: a minimal asyncio HTTP client (default; light on CPU) or httpx")
+    p.add_argument("--int8", action="store_true", help="both servers decode with int8 weights (duilian serve --int8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the server (default 1)")
     p.add_argument("--max-seconds", type=float, default=120.0,
                    help="stop sending new requests in a phase after this many seconds (default 120)")
@@ -66,7 +72,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: str, max_batch: int, batch_wait_ms: float, batch_gap_ms: float, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: str, max_batch: int, batch_wait_ms: float, batch_gap_ms: float, threads: int,
+                 int8: bool = False) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     # Through the CLI module itself, so the benchmark measures what `duilian serve` runs.
@@ -77,7 +84,7 @@ def start_server(model_dir: str, max_batch: int, batch_wait_ms: float, batch_gap
     )
     cmd = [sys.executable, "-c", code, str(threads), "--host", "127.0.0.1", "--port", str(port),
            "--model", model_dir, "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms),
-           "--batch-gap-ms", str(batch_gap_ms)]
+           "--batch-gap-ms", str(batch_gap_ms)] + (["--int8"] if int8 else [])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -104,6 +111,76 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 
 # --- the clients ------------------------------------------------------------------------------------
+@dataclass
+class Response:
+    status_code: int
+    text: str
+
+    def json(self):
+        return json.loads(self.text)
+
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, with the interface of httpx.AsyncClient that
+    `load` uses. httpx spends about 4 ms of CPU per request here, which on a 2-core machine is taken from the
+    server under test; this spends a fraction of that (each phase reports the client's CPU per request)."""
+
+    def __init__(self, base_url: str, connections: int, timeout: float):
+        host, port = base_url.removeprefix("http://").split(":")
+        self.host, self.port, self.timeout = host, int(port), timeout
+        self.idle: asyncio.Queue = asyncio.Queue()
+        for _ in range(connections):
+            self.idle.put_nowait(None)  # opened on first use
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> Response:
+        conn = await self.idle.get()
+        try:
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, method, path, body)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # The server closed this idle keep-alive connection (uvicorn does after 5 s): reconnect.
+                    conn[1].close()
+            conn = await asyncio.open_connection(self.host, self.port)
+            return await self._exchange(conn, method, path, body)
+        except BaseException:
+            if conn is not None:
+                conn[1].close()
+            conn = None
+            raise
+        finally:
+            self.idle.put_nowait(conn)
+
+    async def _exchange(self, conn, method: str, path: str, body: bytes) -> Response:
+        reader, writer = conn
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        writer.write(head + body)
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
+        lines = raw.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
+        text = (await reader.readexactly(int(headers["content-length"]))).decode()
+        return Response(status, text)
+
+    async def post(self, path: str, json: dict) -> Response:
+        import json as _json
+
+        return await self.request("POST", path, _json.dumps(json).encode())
+
+    async def get(self, path: str) -> Response:
+        return await self.request("GET", path)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        while not self.idle.empty():
+            conn = self.idle.get_nowait()
+            if conn is not None:
+                conn[1].close()
+
+
 async def load(http: httpx.AsyncClient, uppers: list[str], requests: int, concurrency: int, n: int,
                max_seconds: float) -> dict:
     """`requests` POSTs from `concurrency` clients, each sending its next request when the last is answered.
@@ -123,15 +200,15 @@ async def load(http: httpx.AsyncClient, uppers: list[str], requests: int, concur
                 ok = r.status_code == 200 and len(r.json()["candidates"]) > 0
                 if not ok:
                     errors.append(f"{r.status_code}: {r.text[:200]}")
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
                 errors.append(repr(exc))
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - t0)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(http) for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     done = len(latencies)
     q = statistics.quantiles(latencies, n=100, method="inclusive") if done >= 2 else latencies * 99
     return {
@@ -143,6 +220,8 @@ async def load(http: httpx.AsyncClient, uppers: list[str], requests: int, concur
         "requests_per_s": round(done / wall, 3) if wall else 0.0,
         "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "p99_ms": round(1000 * q[98], 1) if latencies else None,
+        # CPU the benchmark's own clients spent per request: on a small machine they compete with the server.
+        "client_cpu_ms_per_request": round(1000 * cpu / max(1, done + len(errors)), 2),
     }
 
 
@@ -155,7 +234,7 @@ async def measure(name: str, http: httpx.AsyncClient, args, uppers: list[str], r
     result.update(phase=name, mean_batch=round(mean_batch, 2), recent_batch_sizes=after["recent_batch_sizes"])
     print(f"  {name:9s} clients={concurrency:<3d} requests={result['requests']:<4d} errors={result['errors']}  "
           f"p50={result['p50_ms']} ms  p99={result['p99_ms']} ms  {result['requests_per_s']} req/s  "
-          f"mean batch {mean_batch:.1f}", flush=True)
+          f"mean batch {mean_batch:.1f}  client CPU {result['client_cpu_ms_per_request']} ms/request", flush=True)
     if mean_batch > 1:
         print(f"  {'':9s} last model calls' batch sizes: {after['recent_batch_sizes']}", flush=True)
     return result
@@ -165,8 +244,12 @@ async def run_rounds(args, uppers: list[str], base_url: str, batch_url: str) -> 
     C = args.concurrency
     limits = httpx.Limits(max_connections=C, max_keepalive_connections=C)
     timeout = args.max_seconds + 60
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as base, \
-            httpx.AsyncClient(base_url=batch_url, timeout=timeout, limits=limits) as batch:
+    if args.client == "raw":
+        clients = RawClient(base_url, C, timeout), RawClient(batch_url, C, timeout)
+    else:
+        clients = (httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits),
+                   httpx.AsyncClient(base_url=batch_url, timeout=timeout, limits=limits))
+    async with clients[0] as base, clients[1] as batch:
         for http in (base, batch):  # warm-up: opens the connections, first model calls
             await load(http, uppers, 2 * C, C, args.n, args.max_seconds)
         rounds = []
@@ -200,12 +283,12 @@ def main(argv=None) -> int:
         label = args.model or f"random {args.preset}"
         mix = f"{args.length}-character 上联" if args.length else "上联 of mixed lengths"
         print(f"model: {label}; {mix}; {args.n} candidates per request; torch threads {args.threads}; loopback; "
-              f"batched server: max_batch={C} batch_wait_ms={args.batch_wait_ms:g} batch_gap_ms={args.batch_gap_ms:g}",
+              f"{'int8' if args.int8 else 'fp32'} weights; batched server: max_batch={C} batch_wait_ms={args.batch_wait_ms:g} batch_gap_ms={args.batch_gap_ms:g}",
               flush=True)
         # Both servers stay up and idle while the other is measured; rounds alternate so that a busy
         # spell on the machine hits both sides.
-        servers = [start_server(model_dir, 1, args.batch_wait_ms, args.batch_gap_ms, args.threads),
-                   start_server(model_dir, C, args.batch_wait_ms, args.batch_gap_ms, args.threads)]
+        servers = [start_server(model_dir, 1, args.batch_wait_ms, args.batch_gap_ms, args.threads, args.int8),
+                   start_server(model_dir, C, args.batch_wait_ms, args.batch_gap_ms, args.threads, args.int8)]
         try:
             (_, base_url), (_, batch_url) = servers
             rounds, single = asyncio.run(run_rounds(args, uppers, base_url, batch_url))

@@ -575,7 +575,11 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
     results: list[list[Hypothesis]] = [[] for _ in specs]
     rows_per_line = search.n if search.method == "beam" else 1 if search.temperature == 0 else search.n
     chunks: list[list[int]] = []
-    for span in length_spans(specs, rows_per_line):
+    # Sampling drops a line's rows once it is written, so one pass costs no more than the lines' own steps:
+    # all lengths go together. Beams keep every row to the end, so lines far apart in length are split.
+    spans = [sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))] \
+        if search.method == "sample" else length_spans(specs, rows_per_line)
+    for span in spans:
         # Each batch is bounded by rows x positions (MAX_BATCH_POSITIONS).
         width = 0  # prompt + line positions of the current chunk
         for n, i in enumerate(span):
@@ -620,25 +624,37 @@ def length_spans(specs: list[LineSpec], rows_per_line: int) -> list[list[int]]:
     return [[i for i in order if lo <= specs[i].length <= hi] for lo, hi in reversed(bounds)]
 
 
-def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose):
+def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose,
+           drop_finished: bool = False):
     """The decoding loop shared by sampling and beam search.
 
-    choose(t, logp [R, V']) -> (parent [R] or None, token [R]): parent reorders the rows (beams) first.
-    Returns out [R, L], the tokens written (sub-vocabulary indices).
+    choose(t, logp [R_t, V'], live [R_t]) -> (parent or None, token [R_t]) for the live rows (global indices
+    `live`); parent reorders the rows (beams) first. drop_finished (sampling): a row leaves the batch once its
+    line is written, so shorter lines cost nothing after their end. Otherwise a shorter line's rows write
+    fillers to the end. Returns out [R, L], the tokens written (sub-vocabulary indices).
     """
     R = rows.numel()
     out = torch.zeros(R, length, dtype=torch.long, device=rows.device)
     used = torch.zeros(R, len(vocab), dtype=torch.bool, device=rows.device)
+    live = torch.arange(R, device=rows.device)  # rows still in the batch
+    row_len = rules.lengths[rows]
     for t in range(length):
-        allowed = allowed_tokens(rules, vocab, rows, t, out, used)
-        logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R, V')
-        parent, token = choose(t, logp)
-        if parent is not None:
+        whole = live.numel() == R
+        o, u = (out, used) if whole else (out[live], used[live])
+        allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, o, u)
+        logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R_t, V')
+        parent, token = choose(t, logp, live)
+        if parent is not None:  # beams: every row stays live
             out, used = out[parent], used[parent]
             state = state.select(parent)
-        out[:, t] = token
-        used[torch.arange(R, device=rows.device), token] = True
+        out[live, t] = token
+        used[live, token] = True
         if t + 1 < length:
+            if drop_finished:
+                keep = row_len[live] > t + 1
+                if not bool(keep.all()):
+                    keep = keep.nonzero()[:, 0]
+                    state, live, token = state.select(keep), live[keep], token[keep]
             logits = state.step(vocab.ids[token])
     return out
 
@@ -666,12 +682,13 @@ def _sample(net, vocab, specs, search, device):
                        for k, g, s in zip(counts, gens, specs) if k]).to(device)
         logp_sum = torch.zeros(rows.numel(), device=device)
 
-        def choose(t, logp):
-            token = pick(logp, u[:, t], search)
-            logp_sum.add_(logp.gather(1, token[:, None])[:, 0])
+        def choose(t, logp, live):
+            token = pick(logp, u[live, t], search)
+            logp_sum.index_add_(0, live, logp.gather(1, token[:, None])[:, 0])
             return None, token
 
-        out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose)
+        out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose,
+                     drop_finished=True)
         _collect(found, rows, out, logp_sum / rules.lengths[rows], rules, vocab)
         counts = [0 if len(f) >= want else 2 * (want - len(f)) for f in found]
     return [sorted(f.values(), key=lambda h: -h.score)[:want] for f in found]
@@ -687,7 +704,7 @@ def _beam(net, vocab, specs, search, device):
     beam[:, 0] = 0
     first_row = torch.arange(B, device=device)[:, None] * W
 
-    def choose(t, logp):
+    def choose(t, logp, live):
         nonlocal beam
         V = logp.shape[1]
         total = (beam.view(-1, 1) + logp).view(B, W * V)

@@ -278,8 +278,8 @@ def test_chunking_changes_nothing(couplets, monkeypatch):
 
 @pytest.mark.parametrize("search", [decode.Search(n=4), decode.Search(method="beam", n=3)])
 def test_lines_of_different_lengths_decode_together_as_if_alone(model, couplets, search):
-    """One pass over lines of many lengths (left-padded prompts, fillers after short lines) writes what each
-    line's own pass writes, with the same log-probs."""
+    """One pass over lines of many lengths (attention per prompt length; sampling drops finished rows, beams
+    write fillers after short lines) writes what each line's own pass writes, with the same log-probs."""
     uppers = random_uppers(10, seed=9)
     assert len({len(u) for u in uppers}) > 3
     specs = [couplets.lower_spec(u, Options(seed=i)) for i, u in enumerate(uppers)]

@@ -20,10 +20,10 @@ Search is sampling (temperature, top-k, top-p; one uniform draw per row per step
 line so a seeded request gives the same output whatever else is in the batch; lines whose samples repeat
 are topped up with more draws) or beam search (the beams are distinct by construction). Lines of any length
 are decoded together: the matmuls take all rows at once, attention runs per run of equal prompt lengths
-(each with its own KV cache: no padding, no mask), and a shorter line's positions past its end are forced to
-a filler that costs nothing and is cut off, so each line computes what it would alone. Lines far apart in
-length go in separate passes (length_spans). The prompt is prefilled once per line, then its KV cache is
-expanded to the candidate rows.
+(each with its own KV cache: no padding, no mask), so each line computes what it would alone. A line that
+is written leaves the batch (sampling); beams instead write a filler past a shorter line's end, which costs
+nothing in the scores and is cut off, and lines far apart in length go in separate passes (length_spans).
+The prompt is prefilled once per line, then its KV cache is expanded to the candidate rows.
 
 Candidates are ranked by score = mean per-token log-prob (under the constrained distribution) plus
 RULE_WEIGHT × rule score (fraction of rhythm positions whose tones oppose the 上联's).

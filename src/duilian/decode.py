@@ -329,8 +329,13 @@ class KVCache:
     def select(self, index: torch.Tensor) -> "KVCache":
         """A new cache whose row i is row index[i] of this one (expand a prompt to its candidates, reorder beams)."""
         parts = _split(index.to(self.k[0].device), [k.shape[1] for k in self.k])
-        return KVCache(self.net, [self.k[g].index_select(1, i) for g, i in parts],
-                       [self.v[g].index_select(1, i) for g, i in parts], [self.filled[g] for g, _ in parts])
+
+        def take(cache, g, i):  # a group kept whole, in order (finished lines dropped around it), is not copied
+            whole = len(i) == cache.shape[1] and bool((i == torch.arange(len(i), device=i.device)).all())
+            return cache if whole else cache.index_select(1, i)
+
+        return KVCache(self.net, [take(self.k[g], g, i) for g, i in parts], [take(self.v[g], g, i) for g, i in parts],
+                       [self.filled[g] for g, _ in parts])
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row (vocabulary ids [R]) -> logits [R, V'] for the next position."""

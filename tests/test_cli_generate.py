@@ -83,3 +83,16 @@ def test_acrostic(model_dir, capsys):
     assert len(out["couplets"]) == 2
     for x in out["couplets"]:
         assert x["upper"][0] == "春" and x["lower"][0] == "福" and len(x["lower"]) == 5 and x["valid"]
+
+
+def test_generate_int8(model_dir, capsys):
+    from duilian.decode import check_int8_engine
+
+    try:
+        check_int8_engine()
+    except ValueError as e:
+        pytest.skip(f"no int8 engine in this torch build: {e}")
+    assert main(["generate", "花开花落，春去春来", "--model", model_dir, "-n", "3", "--json", "--int8", "--seed", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["candidates"]) == 3
+    assert all(c["valid"] and len(c["text"]) == 9 for c in out["candidates"])

@@ -144,8 +144,10 @@ def test_read_pairs_public_layout_and_xz(tmp_path):
 
 
 def test_read_pairs_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="has none of in.txt"):
         read_pairs(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        read_pairs(tmp_path / "missing")
     (tmp_path / "in.txt").write_text("天\n地\n", encoding="utf-8")
     (tmp_path / "out.txt").write_text("人\n", encoding="utf-8")
     with pytest.raises(ValueError, match="2 lines"):
@@ -269,7 +271,8 @@ def test_cli_missing_test_split_exits_2(tmp_path, capsys):
     from duilian.cli import main
 
     assert main(["evaluate", "--test", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
-    assert "in.txt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no such file or directory" in err and "nowhere" in err
     assert not (tmp_path / "r").exists()
 
 

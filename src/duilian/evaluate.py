@@ -20,9 +20,7 @@ Definitions (also written into every report, see DEFINITIONS):
 
 from __future__ import annotations
 
-import gzip
 import json
-import lzma
 import math
 import platform
 import time
@@ -30,6 +28,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .corpus import read_pairs as read_corpus, resolve_source
 from .rules import check_pair
 from .text import CoupletInputError, clean_upper, normalize
 
@@ -82,31 +81,15 @@ class EvalConfig:
 
 # --- reading a test split ------------------------------------------------------------------------
 
-def _open_text(path: Path):
-    if path.suffix == ".xz":
-        return lzma.open(path, "rt", encoding="utf-8")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def _find(test_dir: Path, stem: str) -> Path:
-    for name in (stem, stem + ".xz", stem + ".gz"):
-        if (test_dir / name).exists():
-            return test_dir / name
-    raise FileNotFoundError(f"{test_dir} has no {stem} (nor {stem}.xz / {stem}.gz)")
-
-
 def read_pairs(test_dir: str | Path, limit: int | None = None) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """The (上联, 下联) pairs of a public-layout split (in.txt / out.txt, plain, .xz or .gz; characters
-    separated by spaces), normalised. Pairs with an empty side are skipped and counted in the second result."""
-    test_dir = Path(test_dir)
-    with _open_text(_find(test_dir, "in.txt")) as f_in, _open_text(_find(test_dir, "out.txt")) as f_out:
-        uppers, lowers = f_in.read().splitlines(), f_out.read().splitlines()
-    if len(uppers) != len(lowers):
-        raise ValueError(f"{test_dir}: in.txt has {len(uppers)} lines but out.txt has {len(lowers)}")
+    """The (上联, 下联) pairs of a test split, normalised: any corpus `duilian prepare` reads (the public
+    in.txt / out.txt layout, plain, .xz or .gz; TSV; UER lines), through corpus.py's reader. Pairs with an
+    empty side or a malformed line are skipped and counted in the second result."""
     pairs, skipped = [], Counter()
-    for u, l in zip(uppers, lowers):
+    for u, l in read_corpus(resolve_source([str(test_dir)])):
+        if u is None:
+            skipped["malformed line"] += 1
+            continue
         u, l = normalize(u), normalize(l)
         if not u or not l:
             skipped["empty line"] += 1

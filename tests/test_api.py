@@ -39,7 +39,14 @@ def test_no_default_model_says_how_to_make_one(monkeypatch, tmp_path):
 
 
 def test_not_a_model_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="not a HuggingFace model directory"):
+        duilian.load(tmp_path)
+
+
+def test_a_training_run_directory_is_named_as_such(tmp_path):
+    (tmp_path / "config.json").write_text('{"preset": "tiny"}')  # what `duilian train` writes
+    (tmp_path / "final.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="duilian export"):
         duilian.load(tmp_path)
 
 

@@ -19,12 +19,10 @@ import torch
 
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
-from .text import CoupletInputError, clean_upper, is_han, is_punct, normalize
-from .tokenizer import Tokenizer, default_tokenizer
+from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
+from .tokenizer import Tokenizer, UnknownCharacterError, default_tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
-MAX_CHARS = 32
-"""Longest 上联 duilian accepts (the longest line in the public corpus), whatever the model's positions."""
 ACROSTIC_LOWERS = 3
 """下联 candidates written per 藏头 上联; the best one is kept."""
 
@@ -104,9 +102,12 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
         model = DEFAULT_MODEL_DIR
     if isinstance(model, (str, Path)):
         path = Path(model)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
-        from .model import load_model
+        from .model import is_hf_model_dir, load_model
+
+        if not is_hf_model_dir(path):
+            hint = "; it looks like a training run: `duilian export --checkpoint RUN --out DIR` first" \
+                if (path / "checkpoints").is_dir() or (path / "final.pt").is_file() else ""
+            raise FileNotFoundError(f"{path} is not a HuggingFace model directory{hint}")
 
         model = load_model(path, dtype=dtype, device=device)
     return Couplets(model.to(device).eval(), quantize=quantize)
@@ -123,9 +124,6 @@ class Couplets:
                              f"{len(self.tokenizer)}: not a duilian / gpt2-chinese-couplet model")
         self.device = next(model.parameters()).device
         self.max_chars = min(MAX_CHARS, (model.config.n_positions - 3) // 2)
-        # char -> id, looked up once: Tokenizer.index hashes the whole vocabulary on every call.
-        self._index = self.tokenizer.index
-        self._cls, self._separator = self.tokenizer.cls_id, self.tokenizer.separator_id
         self.vocab = vocab_tables(self.tokenizer).to(self.device)
         self.quantize = quantize
         """None, or "int8": the weights the decoder runs with (decode.QUANTIZE)."""
@@ -139,11 +137,10 @@ class Couplets:
         return line
 
     def _ids(self, line: str) -> list[int]:
-        index = self._index
-        missing = [ch for ch in line if ch not in index]
-        if missing:
-            raise CoupletInputError(f"characters not in the model's vocabulary: {''.join(dict.fromkeys(missing))}")
-        return [index[ch] for ch in line]
+        try:
+            return self.tokenizer.encode_chars(line)
+        except UnknownCharacterError as e:
+            raise CoupletInputError(f"characters not in the model's vocabulary: {''.join(dict.fromkeys(e.chars))}") from None
 
     # --- writing ----------------------------------------------------------------------------------------------
     def complete(self, upper: str, n: int = 5, **options) -> list[Candidate]:
@@ -181,7 +178,7 @@ class Couplets:
         ends_oblique = tone_of(upper[last]) == OBLIQUE
         rhythm = set(rhythm_positions(upper))
         return decode.LineSpec(
-            prompt=[self._cls, *ids, self._separator],  # = tokenizer.encode_prompt(upper)
+            prompt=[self.tokenizer.cls_id, *ids, self.tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
             length=n,
             forced=forced,
             repeat_of=[i if punct[i] else pattern[i] for i in range(n)],

@@ -293,12 +293,12 @@ def convert_hf_to_uer(
     input_dir: str | Path, output_path: str | Path, layout: str = "new", layers: int | None = None
 ) -> Path:
     """A HuggingFace GPT-2 directory (a duilian export or the seed's model) -> a UER .bin state dict."""
-    from transformers import GPT2LMHeadModel
+    from .model import is_hf_model_dir, load_model
 
     input_dir = Path(input_dir)
-    if not (input_dir / "config.json").is_file():
-        raise ConversionError(f"{input_dir} is not a HuggingFace model directory (no config.json)")
-    model = GPT2LMHeadModel.from_pretrained(str(input_dir))
+    if not is_hf_model_dir(input_dir):
+        raise ConversionError(f"{input_dir} is not a HuggingFace model directory (no config.json naming a model_type)")
+    model = load_model(input_dir)
     if model.config.activation_function not in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
         raise ConversionError(
             f"the model uses {model.config.activation_function}; UER's GPT-2 uses gelu_fast (= gelu_new)"

@@ -32,13 +32,12 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, GPT2LMHeadModel
 
+from .model import is_hf_model_dir
+from .text import MAX_CHARS
 from .tokenizer import CLS, MASK, PAD, SEP, SEPARATOR, UNK, VOCAB_PATH, Tokenizer
 
-MAX_LINE_CHARS = 32
-"""The longest 上联 (and so 下联) that the generation defaults leave room for."""
-
-DEFAULT_MAX_LENGTH = 2 * MAX_LINE_CHARS + 5
-"""generation_config.max_length: [CLS] [CLS] 上联 - [SEP] 下联 [SEP] at MAX_LINE_CHARS per line (capped by
+DEFAULT_MAX_LENGTH = 2 * MAX_CHARS + 5
+"""generation_config.max_length: [CLS] [CLS] 上联 - [SEP] 下联 [SEP] at text.MAX_CHARS per line (capped by
 n_positions). Set as a total length, not max_new_tokens, because a max_new_tokens in the generation config
 would override the seed snippet's own `max_length=25`."""
 
@@ -116,7 +115,7 @@ def export_model(
 
 
 def generation_config(n_positions: int, tok: Tokenizer) -> GenerationConfig:
-    """Sampling defaults that suit a couplet: stop at [SEP], room for a MAX_LINE_CHARS pair."""
+    """Sampling defaults that suit a couplet: stop at [SEP], room for a MAX_CHARS pair."""
     return GenerationConfig(
         bos_token_id=tok.cls_id,
         eos_token_id=tok.sep_id,
@@ -224,7 +223,7 @@ def model_from_path(path: str | Path) -> GPT2LMHeadModel:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
-    if path.is_dir() and _is_hf_dir(path):
+    if path.is_dir() and is_hf_model_dir(path):
         from .model import load_model
 
         return load_model(path)
@@ -232,10 +231,3 @@ def model_from_path(path: str | Path) -> GPT2LMHeadModel:
 
     return model_from_checkpoint(path)
 
-
-def _is_hf_dir(path: Path) -> bool:
-    # A run directory has a config.json too (the training config); a HF one names its model_type.
-    try:
-        return "model_type" in json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False

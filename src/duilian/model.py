@@ -7,6 +7,7 @@ shippable default model.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = N
     config = gpt2_config(preset, dropout)
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
+
+
+def is_hf_model_dir(path: str | Path) -> bool:
+    """A HuggingFace model directory. A training run directory has a config.json too (the training
+    config); a HF one names its model_type."""
+    try:
+        return "model_type" in json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> GPT2LMHeadModel:

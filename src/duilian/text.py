@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import unicodedata
 
+MAX_CHARS = 32
+"""Longest line duilian accepts or writes: the longest line in the public corpus."""
+
 # Full-width marks a couplet may carry. The public corpus uses ，？：！； (plus 。、 elsewhere).
 PUNCTUATION = frozenset("，。？！；：、")
 

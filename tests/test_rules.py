@@ -9,6 +9,12 @@ def test_tones_follow_modern_mandarin():
     assert tone_of("，") is None and tone_of("a") is None
 
 
+def test_a_neutral_reading_falls_back_to_the_first_toned_one():
+    assert tone_of("子") == OBLIQUE  # zi (neutral) -> zǐ
+    assert tone_of("着") == LEVEL  # zhe (neutral) -> zhāo
+    assert not check_pair("丹枫江冷人初去", "黄叶声从天外子").ends_level  # 子 is no level ending
+
+
 def test_repeat_pattern():
     assert repeat_pattern("花开花落") == [0, 1, 0, 3]
     assert repeat_pattern("月圆月缺") == repeat_pattern("花开花落")

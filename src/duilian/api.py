@@ -186,7 +186,7 @@ class Couplets:
             banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
             banned=[] if opts.allow_upper_chars else sorted({ids[i] for i in range(n) if not punct[i]}),
             final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
-            final_rule=decode.END_NOT_OBLIQUE if opts.require_level_ending and ends_oblique else decode.END_ANY,
+            final_rule=decode.END_LEVEL if opts.require_level_ending and ends_oblique else decode.END_ANY,
             rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(upper)],
             seed=opts.seed,
         )

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 # Tone classes as stored in Vocab.tone and LineSpec.rhythm (rules.tone_of: None / 平 / 仄).
 TONE_NONE, TONE_LEVEL, TONE_OBLIQUE = 0, 1, 2
 # Rules for the tone of a line's last character (LineSpec.final_rule).
-END_ANY, END_NOT_OBLIQUE, END_OBLIQUE = 0, 1, 2
+END_ANY, END_LEVEL, END_OBLIQUE = 0, 1, 2
 
 RULE_WEIGHT = 0.5
 """Weight of the rule score (0..1, tone opposition at rhythm positions) against the mean per-token log-prob
@@ -109,7 +109,7 @@ class LineSpec:
     final_pos: int = -1
     """Position the final-tone rule applies to (the first occurrence of the last character), -1 for none."""
     final_rule: int = END_ANY
-    """END_ANY, END_NOT_OBLIQUE (the 上联 ends 仄) or END_OBLIQUE (a 藏头 上联)."""
+    """END_ANY, END_LEVEL (the 上联 ends 仄) or END_OBLIQUE (a 藏头 上联)."""
     rhythm: list[int] | None = None
     """Per position: the 上联's tone at rhythm positions (TONE_*), TONE_NONE elsewhere; for the rule score."""
     seed: int | None = None
@@ -509,7 +509,7 @@ def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: 
 def _final_tone_ok(rule: torch.Tensor, vocab: Vocab) -> torch.Tensor:
     """rule [R] (END_*) -> [R, V'] bool: the tokens whose tone the final-tone rule allows."""
     rule, tone = rule[:, None], vocab.tone[None, :]
-    return ((rule == END_ANY) | ((rule == END_NOT_OBLIQUE) & (tone != TONE_OBLIQUE))
+    return ((rule == END_ANY) | ((rule == END_LEVEL) & (tone == TONE_LEVEL))
             | ((rule == END_OBLIQUE) & (tone == TONE_OBLIQUE)))
 
 

@@ -2,7 +2,8 @@
 
 The decoder turns these rules into masks (decode.py); the evaluator and the server report them.
 Tones are modern Mandarin tones from pypinyin: tones 1 and 2 are level (平), 3 and 4 oblique (仄).
-A character whose usual reading is the neutral tone has no tone class (None) and passes every tone rule.
+A neutral-tone reading falls back to the character's first toned reading; a character with no toned
+reading at all has no tone class (None) and passes every tone rule.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from pypinyin import Style, lazy_pinyin
+from pypinyin import Style, pinyin
 
 from .text import PUNCTUATION, clauses, is_han
 
@@ -19,14 +20,16 @@ LEVEL, OBLIQUE = "平", "仄"
 
 @lru_cache(maxsize=None)
 def tone_of(ch: str) -> str | None:
-    """平, 仄, or None (not a Han character, or a neutral/unknown tone). Uses the most common reading."""
+    """平, 仄, or None (not a Han character, or no known tone). Uses the most common reading; where that
+    is the neutral tone (子 zi, 着 zhe), the first reading that has a tone (子 zǐ, 着 zhāo), since a
+    couplet's tones are those of the character's full readings."""
     if not is_han(ch):
         return None
-    final = lazy_pinyin(ch, style=Style.FINALS_TONE3, neutral_tone_with_five=True, errors="ignore")
-    if not final or not final[0] or not final[0][-1].isdigit():
-        return None
-    tone = int(final[0][-1])
-    return LEVEL if tone in (1, 2) else OBLIQUE if tone in (3, 4) else None
+    readings = pinyin(ch, style=Style.FINALS_TONE3, heteronym=True, neutral_tone_with_five=True, errors="ignore")
+    for reading in readings[0] if readings else []:
+        if reading and reading[-1] in "1234":
+            return LEVEL if reading[-1] in "12" else OBLIQUE
+    return None
 
 
 def last_han(line: str) -> str | None:
@@ -114,7 +117,7 @@ def check_pair(upper: str, lower: str, allow_upper_chars: bool = False) -> FormC
     u_last, l_last = last_han(upper), last_han(lower)
     ends_level = None
     if u_last and tone_of(u_last) == OBLIQUE:
-        ends_level = tone_of(l_last) != OBLIQUE if l_last else False
+        ends_level = tone_of(l_last) == LEVEL if l_last else False
     return FormChecks(
         same_length=same_length,
         punctuation_aligned=punctuation_aligned,

@@ -284,10 +284,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg: 
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        # No RNG state: dropout is reseeded from (seed, rank, step) at every step, so none is needed.
     }
     _atomic_save(state, path)
     _atomic_write(ckpt_dir / "latest", path.name + "\n")
@@ -324,7 +321,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     final.pt if training finished, else its newest step checkpoint. The dict has at least: `model`
     (state dict of GPT2LMHeadModel), `preset` (Preset fields), `preset_name`, `dropout`, `config`
     (TrainConfig as a dict), `step`, `kind` ("final" or "checkpoint"); step checkpoints add
-    `optimizer`, `scheduler`, `rng`, `world_size` and `global_batch`.
+    `optimizer`, `scheduler`, `world_size` and `global_batch`.
     """
     p = Path(path)
     if p.is_dir():
@@ -453,14 +450,12 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if cuda and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ckpt["rng"]["cuda"]])
-        step = ckpt["step"]
+        step = resumed = ckpt["step"]
         _print(d, f"resuming from {ckpt_path} at step {step}")
-    elif cfg.resume:
-        _print(d, f"no checkpoint in {run_dir / 'checkpoints'}; starting afresh")
-    resumed = step if cfg.resume else None
+    else:
+        resumed = None  # a fresh run: earlier metrics in run_dir are not continued
+        if cfg.resume:
+            _print(d, f"no checkpoint in {run_dir / 'checkpoints'}; starting afresh")
 
     # Compile the body in place (nn.Module.compile): the module keeps its names, so state_dict() has
     # no `_orig_mod.` prefix. The head + loss stay eager: their row count changes every batch.

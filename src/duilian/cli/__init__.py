@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 # name -> (module under duilian.cli, one-line help). The test suite checks this map is complete.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +40,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return int(_module(args._module).run(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 One flag per TrainConfig field (dashes for underscores). Flags left out keep TrainConfig's defaults,
 which are the seed's (uer/gpt2-chinese-couplet) settings. The same command runs on a CPU, on one GPU
-and under `torchrun --nproc_per_node N -m duilian.cli train ...` / `torchrun ... $(which duilian) train`.
+and under `torchrun --nproc_per_node N -m duilian.cli.train ...`.
 """
 
 from __future__ import annotations

@@ -316,7 +316,7 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
     (tmp_path / "in.txt").write_text("".join(" ".join(u) + " \n" for u, _ in split), encoding="utf-8")
     (tmp_path / "out.txt").write_text("".join(" ".join(l) + " \n" for _, l in split), encoding="utf-8")
     fake = _FakeCouplets(dict(split))
-    monkeypatch.setattr(duilian.api, "load", lambda model_dir, device="cpu": fake)
+    monkeypatch.setattr(duilian.api, "load", lambda model_dir, device="cpu", quantize=None: fake)
 
     report = evaluate("m", tmp_path, EvalConfig(method="greedy", n=3, batch_size=2, seed=7))
     assert report["pairs"] == 3
@@ -348,3 +348,33 @@ def test_evaluate_greedy_and_seeded_sampling(tiny_model_dir):
     # Same seed, same hypotheses, whatever the batching.
     assert sample[0]["hypotheses"] == sample[1]["hypotheses"]
     assert sample[0]["form"]["duilian"]["valid"] == 1.0
+
+
+def test_cli_broken_xz_test_split_exits_2(tmp_path, capsys):
+    from duilian.cli import main
+
+    for name in ("in.txt.xz", "out.txt.xz"):
+        (tmp_path / name).write_bytes(b"not xz at all")
+    assert main(["evaluate", "--test", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("duilian evaluate: ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_model_flags_are_generate_s(monkeypatch):
+    """--model/--device/--int8 come from generate.add_model_options; --int8 reaches duilian.load."""
+    import argparse
+
+    from duilian.cli import evaluate as evaluate_cli
+
+    parser = argparse.ArgumentParser()
+    evaluate_cli.register(parser)
+    args = parser.parse_args(["--test", "t", "--int8", "--device", "cpu"])
+    seen = {}
+
+    def stand_in(model, test, config, progress):
+        seen["config"] = config
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("duilian.evaluate.evaluate", stand_in)
+    assert evaluate_cli.run(args) == 2
+    assert seen["config"].quantize == "int8" and seen["config"].device == "cpu" and args.model is None

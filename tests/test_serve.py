@@ -37,7 +37,7 @@ class Recording:
 
     def __init__(self, couplets, gate: threading.Event | None = None, refuse: str | None = None):
         self.couplets, self.gate, self.refuse = couplets, gate, refuse
-        self.max_chars, self.tokenizer = couplets.max_chars, couplets.tokenizer
+        self.max_chars, self.tokenizer, self.clean = couplets.max_chars, couplets.tokenizer, couplets.clean
         self.calls: list[tuple[list[str], dict]] = []
 
     def complete_batch(self, uppers, n=5, **options):
@@ -352,7 +352,7 @@ def test_cli_flags(tmp_path, capsys):
     assert serve_cli.run(parser.parse_args(["--max-batch", "0"])) == 2
     assert "max_batch" in capsys.readouterr().err
     assert serve_cli.run(parser.parse_args(["--model", str(tmp_path / "nope")])) == 2
-    assert "not a model directory" in capsys.readouterr().err
+    assert "not a HuggingFace model directory" in capsys.readouterr().err
 
 
 def test_int8_weights_from_the_config(tmp_path):

@@ -67,6 +67,8 @@ class EvalConfig:
     """Let the 下联 reuse 上联 characters (at other positions); used for decoding and for the form checks."""
     device: str = "cpu"
     """Torch device for the model."""
+    quantize: str | None = None
+    """Weights the decoder runs with: None (the model's own) or "int8" (CPU only; see `duilian.load`)."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -203,7 +205,7 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
 
     config = config or EvalConfig()
     pairs, skipped = read_pairs(test_dir, config.limit)  # before loading the model: a wrong path fails fast
-    couplets = load(model_dir, device=config.device)
+    couplets = load(model_dir, device=config.device, quantize=config.quantize)
     pairs, unusable = _usable(pairs, couplets)
     for reason, count in unusable.items():
         skipped[reason] = skipped.get(reason, 0) + count

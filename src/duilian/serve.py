@@ -1,7 +1,8 @@
 """The HTTP service: an API and a web page, shaped as decode -> predict -> encode.
 
     decode   the JSON body is checked by a strict pydantic model (types, ranges, no unknown options),
-             then the text by `duilian.text.clean_upper`; anything wrong is a 4xx {"error": reason}.
+             then the 上联 by `Couplets.clean` (the API's own check: normalised, within the model's
+             `max_chars`, every character in its vocabulary); anything wrong is a 4xx {"error": reason}.
     predict  requests that arrive together are decoded together: the `MicroBatcher` collects up to
              `max_batch` requests (for at most `batch_wait_ms`, less once none has come for
              `batch_gap_ms`), groups those with the same options (seeds may differ: one per row)
@@ -32,10 +33,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .text import CoupletInputError, clean_upper, is_han
+from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han
 
 # --- limits -----------------------------------------------------------------------------------------
-MAX_UPPER_CHARS = 32  # longest 上联 served; lowered further to the model's own `max_chars`
+MAX_UPPER_CHARS = MAX_CHARS  # longest 上联 served; a model may allow fewer (`Couplets.max_chars`)
 MAX_N = 10  # candidates per request
 MAX_BODY_BYTES = 4 * 1024  # a 32-character 上联 with every option is well under 1 KB
 REQUEST_TIMEOUT_S = 30.0  # from arrival to answer, queueing included; then 504
@@ -43,7 +44,7 @@ MAX_QUEUE = 1024  # requests waiting for the model; beyond this, 503 at once rat
 MAX_TEMPERATURE = 5.0
 MAX_TOP_K = 1000
 MAX_SEED = 2**63 - 1
-MIN_ACROSTIC_LENGTH, MAX_ACROSTIC_LENGTH = 3, 16  # characters per line of a 藏头 couplet
+MIN_ACROSTIC_LENGTH, MAX_ACROSTIC_LENGTH = 2, MAX_CHARS  # characters per line of a 藏头 couplet, as the API allows
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -283,7 +284,7 @@ def _capture(fn, *args, **kwargs):
 # --- the app ----------------------------------------------------------------------------------------
 def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app. `couplets_or_model_dir`: a loaded `duilian.Couplets` (anything with
-    `complete_batch`, `acrostic` and `max_chars`), or a model directory for `duilian.load`
+    `clean`, `complete_batch`, `acrostic` and `max_chars`), or a model directory for `duilian.load`
     (None: the embedded default model)."""
     config = config or ServeConfig()
     if hasattr(couplets_or_model_dir, "complete_batch"):
@@ -292,8 +293,7 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         import duilian
 
         couplets = duilian.load(couplets_or_model_dir, device=config.device, quantize=config.quantize)
-    max_chars = min(MAX_UPPER_CHARS, int(getattr(couplets, "max_chars", MAX_UPPER_CHARS)))
-    tokenizer = getattr(couplets, "tokenizer", None)
+    max_chars = int(couplets.max_chars)  # the API's limit: at most MAX_CHARS, less for a short model
     batcher = MicroBatcher(_make_run_group(couplets), config.max_batch, config.batch_wait_ms / 1000,
                            config.max_queue, gap_s=config.batch_gap_ms / 1000)
 
@@ -313,18 +313,10 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     app.state.couplets, app.state.batcher, app.state.config = couplets, batcher, config
     _add_error_handlers(app)
 
-    def check_chars(line: str, what: str) -> None:
-        if tokenizer is not None:
-            try:
-                tokenizer.encode_chars(line)
-            except ValueError as exc:  # UnknownCharacterError
-                raise CoupletInputError(f"the {what} has {exc}") from None
-
     @app.post("/v1/couplets", summary="下联 candidates for a 上联, best first, with their form checks")
     async def couplets_endpoint(req: CoupletRequest) -> dict:
         # decode
-        upper = clean_upper(req.upper, max_chars)
-        check_chars(upper, "上联")
+        upper = couplets.clean(req.upper)  # CoupletInputError (422) says what is wrong
         options = req.decoder_kwargs()
         # predict: requests with equal options share a complete_batch call. The seed is not one of them:
         # complete_batch takes one seed per 上联 (the decoder seeds each row by itself).
@@ -336,10 +328,9 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
 
     @app.post("/v1/acrostic", summary="藏头 couplets: the two heads open the 上联 and the 下联")
     async def acrostic_endpoint(req: AcrosticRequest) -> dict:
+        # The text-level check here answers before queueing; `Couplets.acrostic` itself checks that the
+        # heads differ and are in the vocabulary, and the length against the model's `max_chars`.
         heads = clean_heads(req.heads)
-        check_chars(heads, "藏头")
-        if req.length > max_chars:
-            raise CoupletInputError(f"length {req.length} is longer than this model's limit of {max_chars}")
         key = ("acrostic", *sorted(req.decoder_kwargs().items()))
         couplets_out = await batcher.submit(key, (heads, req.length), config.request_timeout_s)
         return {"heads": heads, "length": req.length, "couplets": [c.to_dict() for c in couplets_out]}
@@ -370,7 +361,8 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
 
 
 def clean_heads(text: str) -> str:
-    """The two 藏头 characters, normalised; CoupletInputError with a reason otherwise."""
+    """The two 藏头 characters, normalised; CoupletInputError with a reason otherwise. (The API has no
+    public check for heads alone: `Couplets.acrostic` checks them only when it decodes.)"""
     heads = clean_upper(text, max_chars=2)
     if len(heads) != 2 or not all(is_han(ch) for ch in heads):
         raise CoupletInputError(f"藏头 needs exactly two Chinese characters, got {heads!r}")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from .generate import add_decode_options, add_model_options, decode_options, fail, load
+from .generate import add_decode_options, add_json_option, add_model_options, decode_options, fail, load
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("heads", help="two Chinese characters: the first starts the 上联, the second the 下联")
     parser.add_argument("--length", type=int, default=7, help="characters per line (default: 7)")
     add_model_options(parser)
+    add_json_option(parser)
     add_decode_options(parser)
 
 

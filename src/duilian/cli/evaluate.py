@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .generate import add_model_options, model_kwargs
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     # what to evaluate
-    parser.add_argument("--model", metavar="DIR", default=None,
-                        help="HuggingFace model directory (default: the embedded default model)")
-    parser.add_argument("--test", metavar="DIR", required=True,
-                        help="test split in the public layout: in.txt and out.txt (plain, .xz or .gz), "
-                             "characters separated by spaces, e.g. ../shared/data/couplet/test")
+    parser.add_argument("--test", metavar="PATH", required=True,
+                        help="test split, in any corpus layout `duilian prepare` reads: a directory with in.txt "
+                             "and out.txt (plain, .xz or .gz; characters separated by spaces), a TSV file, or "
+                             "UER lines; e.g. ../shared/data/couplet/test")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N pairs (default: all)")
     # decoding
@@ -26,7 +27,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --method sample (default: 0)")
     parser.add_argument("--allow-upper-chars", action="store_true",
                         help="let the 下联 reuse 上联 characters at other positions (decoding and form checks)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    # which model: --model, --device, --int8
+    add_model_options(parser)
     # output
     parser.add_argument("--out", metavar="REPORT_DIR", default=None,
                         help="where to write report.json, report.md and hypotheses.txt "
@@ -35,13 +37,17 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import lzma
+
     from ..evaluate import EvalConfig, default_out_dir, evaluate, render_markdown, write_report
 
     try:
         config = EvalConfig(limit=args.limit, n=args.n, method=args.method, batch_size=args.batch_size,
-                            seed=args.seed, allow_upper_chars=args.allow_upper_chars, device=args.device)
+                            seed=args.seed, allow_upper_chars=args.allow_upper_chars, **model_kwargs(args))
         report = evaluate(args.model, args.test, config, progress=not args.quiet)
-    except (FileNotFoundError, ValueError) as e:
+    # Bad settings and corpus errors are ValueErrors; a missing file is an OSError, a broken .gz an
+    # OSError or EOFError, a broken .xz an LZMAError (as in `duilian prepare`).
+    except (ValueError, OSError, EOFError, lzma.LZMAError) as e:
         print(f"duilian evaluate: {e}", file=sys.stderr)
         return 2
     out_dir = write_report(report, args.out or default_out_dir(args.model))

@@ -20,6 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="with --input: 上联 per decoding call; 上联 of equal length in a call are decoded "
                              "together (default: 256)")
     add_model_options(parser)
+    add_json_option(parser)
     add_decode_options(parser)
     parser.add_argument("--allow-upper-chars", action="store_true",
                         help="let the 下联 use the 上联's characters (never at the same position)")
@@ -28,12 +29,22 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --device and --int8: which model, where, with which weights (see `model_kwargs`). Shared by
+    generate, acrostic, evaluate and serve."""
     parser.add_argument("--model", metavar="DIR", default=None,
-                        help="HuggingFace GPT-2 directory (default: the embedded default model)")
+                        help="model directory: a `duilian export` or HuggingFace GPT-2 directory (default: the embedded model)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--int8", action="store_true",
                         help="decode with int8 weights: several times faster on a CPU, log-probs slightly off "
                              "(CPU only; default: the model's own fp32 weights)")
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """`duilian.load` keywords (and the matching config fields) for the flags of `add_model_options`."""
+    return {"device": args.device, "quantize": "int8" if args.int8 else None}
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -94,7 +105,7 @@ def load(args):
     from .. import api
 
     logging.disable_progress_bar()
-    return api.load(args.model, device=args.device, quantize="int8" if args.int8 else None)
+    return api.load(args.model, **model_kwargs(args))
 
 
 def _run_file(c, args, options) -> int:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from .generate import add_model_options, model_kwargs
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     # where to listen
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    # which model
-    parser.add_argument("--model", default=None, metavar="DIR",
-                        help="model directory (a `duilian export` or HuggingFace GPT-2 dir); default: the embedded model")
-    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    parser.add_argument("--int8", action="store_true",
-                        help="decode with int8 weights: several times faster on a CPU, log-probs slightly off "
-                             "(CPU only; default: the model's own fp32 weights)")
+    # which model: --model, --device, --int8
+    add_model_options(parser)
     # batching and limits
     parser.add_argument("--max-batch", type=int, default=32,
                         help="most requests decoded together in one model call (default 32; 1 turns batching off)")
@@ -37,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch,
                              batch_wait_ms=args.batch_wait_ms,
-                             batch_gap_ms=args.batch_gap_ms, device=args.device,
-                             quantize="int8" if args.int8 else None,
+                             batch_gap_ms=args.batch_gap_ms, **model_kwargs(args),
                              request_timeout_s=args.timeout_s if args.timeout_s is not None else REQUEST_TIMEOUT_S)
         app = create_app(args.model, config)
     except (ValueError, FileNotFoundError) as exc:  # bad flag values, no such model, no default model yet

@@ -180,6 +180,26 @@ def test_fallback_never_emits_an_invalid_token(model):
                     assert ch == u if u in PUNCTUATION else ch in "天地人"
 
 
+def test_a_row_may_reuse_its_own_tokens_only_where_the_line_allows(vocab):
+    """The no-repeat rule reads the row's own written tokens: a distinct line loses exactly those, a line
+    with distinct=False loses none; nothing else in the mask depends on what was written."""
+    tok = default_tokenizer()
+    ids = [tok.id(ch) for ch in "天地人"]
+    specs = [decode.LineSpec(prompt=[1], length=4, forced=[-1] * 4, repeat_of=list(range(4)), distinct=d)
+             for d in (True, False)]
+    rules = decode.Rules.build(specs, vocab)
+    sub = vocab.to_sub[torch.tensor(ids)]
+    out = torch.zeros(4, 4, dtype=torch.long)
+    out[:, :3] = sub
+    rows = torch.tensor([0, 1, 0, 1])
+    allowed = decode.allowed_tokens(rules, vocab, rows, 3, out)
+    assert not allowed[0, sub].any() and not allowed[2, sub].any() and allowed[1, sub].all()
+    fresh = decode.allowed_tokens(rules, vocab, rows, 0, out)
+    others = torch.ones(len(vocab), dtype=torch.bool)
+    others[sub] = False
+    assert torch.equal(allowed[:, others], fresh[:, others]) and torch.equal(allowed[1], fresh[1])
+
+
 def test_pick_never_picks_a_masked_token():
     torch.manual_seed(0)
     logits = torch.randn(64, 50)

@@ -432,6 +432,7 @@ class Rules:
     final_rule: torch.Tensor  # (B,) long
     rhythm: torch.Tensor  # (B, L) int8
     lengths: torch.Tensor  # (B,) long, each line's own length
+    room: torch.Tensor  # (B,) long: fewest tokens `free` leaves at any position (the final one: of the right tone)
 
     @classmethod
     def build(cls, specs: list[LineSpec], vocab: Vocab) -> "Rules":
@@ -455,43 +456,51 @@ class Rules:
         for b, s in enumerate(specs):
             t = ids(s.banned, per_position=False) if s.banned else torch.empty(0, dtype=torch.long)
             banned[b, t[t >= 0]] = True
+        free = vocab.han.cpu() & ~banned
+        final_rule = torch.tensor([s.final_rule for s in specs], dtype=torch.long)
+        tone_ok = _final_tone_ok(final_rule, Vocab(vocab.ids.cpu(), vocab.han.cpu(), vocab.tone.cpu(), vocab.size))
         return cls(
             forced=forced,
             repeat_of=torch.tensor(padded([s.repeat_of for s in specs], None), dtype=torch.long),
             banned_at=ids([s.banned_at for s in specs]),
             banned=banned,
-            free=vocab.han.cpu() & ~banned,
+            free=free,
             distinct=torch.tensor([s.distinct for s in specs]),
             final_pos=torch.tensor([s.final_pos for s in specs], dtype=torch.long),
-            final_rule=torch.tensor([s.final_rule for s in specs], dtype=torch.long),
+            final_rule=final_rule,
             rhythm=torch.tensor(padded([s.rhythm for s in specs], TONE_NONE), dtype=torch.int8),
             lengths=lengths,
+            room=torch.minimum(free.sum(1), (free & tone_ok).sum(1)),
         )
 
     def to(self, device) -> "Rules":
         return Rules(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
-def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: torch.Tensor,
-                   used: torch.Tensor) -> torch.Tensor:
+def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: torch.Tensor) -> torch.Tensor:
     """The mask for position t -> allowed [R, V'] bool.
 
-    rows [R]: the line (index into `rules`) of each row; out [R, L]: tokens written so far (sub indices);
-    used [R, V']: tokens this row has written. Every row allows at least one token.
+    rows [R]: the line (index into `rules`) of each row; out [R, L]: tokens written so far (sub indices, the
+    first t positions). Every row allows at least one token.
     """
     R = rows.numel()
     ar = torch.arange(R, device=rows.device)
     # All rules at once (few passes over [R, V']: this runs for every row at every step).
     allowed = rules.free[rows]  # one Han character, none of the 上联's
-    allowed.masked_fill_(used & rules.distinct[rows, None], False)  # 重字 only where the 上联 has them
+    if t > 0:  # 重字 only where the 上联 has them: clear the row's own t tokens, not a pass over [R, V']
+        d = rules.distinct[rows].nonzero()[:, 0]
+        allowed[d[:, None], out[d, :t]] = False
     at = rules.banned_at[rows, t]  # (R,) no copy in place
     allowed[ar[at >= 0], at[at >= 0]] = False
     final = (rules.final_pos[rows] == t).nonzero()[:, 0]
     if final.numel():
         allowed[final] &= _final_tone_ok(rules.final_rule[rows[final]], vocab)
-    stuck = ~allowed.any(dim=1)  # rows the rules leave with nothing (only with tiny vocabularies)
-    if stuck.any():
-        allowed[stuck] = _relaxed(rules, vocab, rows[stuck], t, used[stuck])
+    # Rows the rules leave with nothing (only with tiny vocabularies). By step t a row has ruled out at most
+    # t used tokens and one banned here, so with more room than that no row needs the pass over [R, V'].
+    if int(rules.room[rows].min()) <= t + 1:
+        stuck = ~allowed.any(dim=1)
+        if stuck.any():
+            allowed[stuck] = _relaxed(rules, vocab, rows[stuck], t, out[stuck])
     # Forced tokens override the mask: the 上联's punctuation, fixed characters, and copies of this row's own
     # token where the 上联 repeats a character.
     forced = rules.forced[rows, t]
@@ -513,10 +522,12 @@ def _final_tone_ok(rule: torch.Tensor, vocab: Vocab) -> torch.Tensor:
             | ((rule == END_OBLIQUE) & (tone == TONE_OBLIQUE)))
 
 
-def _relaxed(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, used: torch.Tensor) -> torch.Tensor:
+def _relaxed(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: torch.Tensor) -> torch.Tensor:
     """The mask for rows that the rules leave with no token: the softer rules, hardest first, each kept only
     if the row still has a token left -> [R, V'] bool, at least one Han character per row."""
     R, V = rows.numel(), len(vocab)
+    used = torch.zeros(R, V, dtype=torch.bool, device=rows.device)  # tokens each row has written
+    used.scatter_(1, out[:, :t], True)
     ar = torch.arange(R, device=rows.device)
     allowed = vocab.han.expand(R, V).clone()  # a free position takes one Han character
     at = rules.banned_at[rows, t]
@@ -640,20 +651,17 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
     """
     R = rows.numel()
     out = torch.zeros(R, length, dtype=torch.long, device=rows.device)
-    used = torch.zeros(R, len(vocab), dtype=torch.bool, device=rows.device)
     live = torch.arange(R, device=rows.device)  # rows still in the batch
     row_len = rules.lengths[rows]
     for t in range(length):
         whole = live.numel() == R
-        o, u = (out, used) if whole else (out[live], used[live])
-        allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, o, u)
+        allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, out if whole else out[live])
         logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R_t, V')
         parent, token = choose(t, logp, live)
         if parent is not None:  # beams: every row stays live
-            out, used = out[parent], used[parent]
+            out = out[parent]
             state = state.select(parent)
         out[live, t] = token
-        used[live, token] = True
         if t + 1 < length:
             if drop_finished:
                 keep = row_len[live] > t + 1

@@ -49,32 +49,28 @@ function scoreText(item) {
   return typeof item.score === "number" ? "score " + item.score.toFixed(2) : "";
 }
 
-function showCandidates(data) {
+// One card per item: its lines of text, its score and its form checks (all set as textContent).
+function showCards(items, cls, linesOf, status) {
   const results = $("results");
   results.replaceChildren();
-  for (const cand of data.candidates) {
-    const li = el("li", "candidate");
-    li.append(el("div", "upper-line", data.upper));
-    li.append(el("div", "text", cand.text));
-    li.append(el("div", "score", scoreText(cand)));
-    li.append(checkList(cand.checks));
+  for (const item of items) {
+    const li = el("li", cls);
+    for (const [lineClass, text] of linesOf(item)) li.append(el("div", lineClass, text));
+    li.append(el("div", "score", scoreText(item)));
+    li.append(checkList(item.checks));
     results.append(li);
   }
-  $("status").textContent = data.candidates.length + " 条下联";
+  $("status").textContent = status;
+}
+
+function showCandidates(data) {
+  showCards(data.candidates, "candidate", (c) => [["upper-line", data.upper], ["text", c.text]],
+            data.candidates.length + " 条下联");
 }
 
 function showAcrostic(data) {
-  const results = $("results");
-  results.replaceChildren();
-  for (const pair of data.couplets) {
-    const li = el("li", "candidate acrostic");
-    li.append(el("div", "text", pair.upper));
-    li.append(el("div", "text", pair.lower));
-    li.append(el("div", "score", scoreText(pair)));
-    li.append(checkList(pair.checks));
-    results.append(li);
-  }
-  $("status").textContent = data.couplets.length + " 副藏头联";
+  showCards(data.couplets, "candidate acrostic", (p) => [["text", p.upper], ["text", p.lower]],
+            data.couplets.length + " 副藏头联");
 }
 
 function options() {

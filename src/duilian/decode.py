@@ -32,6 +32,7 @@ RULE_WEIGHT Ã— rule score (fraction of rhythm positions whose tones oppose the ä
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -54,6 +55,12 @@ a 7-character couplet, 61 of a 32-character one) and the [rows, vocab] masks."""
 STEP_COST_ROWS = 32
 """A decoding step's fixed cost (Python, kernel launches, reading the weights), in rows' worth of work: lines
 of different lengths share a pass when padding the shorter ones costs less than another pass's steps."""
+MAX_TEMPERATURE = 5.0
+"""Highest sampling temperature accepted: at 5 the allowed tokens are already close to equally likely."""
+GREEDY_BELOW = 1e-3
+"""Temperatures below this sample greedily (the likeliest allowed token, one candidate). Dividing log-probs
+by them puts all the mass on the argmax anyway (a 0.01-nat lead becomes a factor e^10), and much smaller
+divisors overflow float32 to -inf everywhere, which would turn the softmax into NaN."""
 SAMPLE_ROUNDS = 3
 """Sampling draws n rows per line, then up to SAMPLE_ROUNDS - 1 more rounds (twice the number still
 missing) for lines whose samples were duplicates."""
@@ -138,19 +145,24 @@ class Search:
     """Distinct candidates wanted per line: the beam width, or the rows sampled per line. Fewer come back when
     the rules leave fewer, when SAMPLE_ROUNDS of sampling found no more, and with temperature 0 (greedy: one)."""
     temperature: float = 1.0
-    """Sampling temperature; 0 is greedy (one candidate)."""
+    """Sampling temperature in [0, MAX_TEMPERATURE]; below GREEDY_BELOW (0 included) it is greedy (one
+    candidate)."""
     top_k: int = 0
     """Sample among the k most likely allowed tokens; 0 = all."""
     top_p: float = 1.0
     """Nucleus sampling: the smallest set of allowed tokens whose probability reaches top_p; 1 = all."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.method == "sample" and self.temperature < GREEDY_BELOW
 
     def __post_init__(self):
         if self.method not in ("sample", "beam"):
             raise ValueError(f"method must be 'sample' or 'beam', not {self.method!r}")
         if not 1 <= self.n <= 64:
             raise ValueError(f"n must be between 1 and 64, not {self.n}")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails both comparisons
+            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, not {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), not {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -301,9 +313,31 @@ class Fp32Linear:
         return y.view(*x.shape[:-1], -1)
 
 
+def int8_full_range() -> bool:
+    """Whether int8 activations may use all 8 bits on this CPU (else 7: `reduce_range`).
+
+    fbgemm multiplies uint8 activations by int8 weights. With AVX-512 VNNI (vpdpbusd) each product is added
+    into 32 bits, exactly. Without it (AVX2, AVX-512 before Cascade Lake) the kernel uses vpmaddubsw, which
+    adds pairs of products into *16 bits, saturating*: 255 x 127 x 2 overflows, and a layer's error grows
+    from ~1% to ~10% on real activations. Halving the activation range (reduce_range=True, what torch's own
+    dynamic quantization does on x86) keeps those sums in range at every ISA, but costs accuracy where VNNI
+    makes it needless (relative matmul error ~2.2% instead of ~1.2%). So: the full range only with VNNI.
+
+    The check is torch.cpu._is_vnni_supported() (cpuinfo's avx512_vnni), narrowed by fbgemm's own override
+    FBGEMM_ENABLE_INSTRUCTIONS (AVX2 / AVX512 / AVX512_E1 = VNNI), which the tests use to run the non-VNNI
+    kernels on a VNNI machine.
+    """
+    forced = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper()
+    if forced and "VNNI" not in forced and "E1" not in forced:
+        return False
+    is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)  # private: absent -> assume no VNNI (safe)
+    return bool(is_vnni()) if is_vnni is not None else False
+
+
 class Int8Linear:
     """y = x @ W.T + b with W [out, in] stored as int8, one scale per output row (symmetric: the row's largest
-    |w| maps to 127), prepacked for the CPU kernel; x is quantized per call to uint8 with its own range."""
+    |w| maps to 127), prepacked for the CPU kernel; x is quantized per call to uint8 with its own range (8 bits
+    with VNNI, 7 without: see int8_full_range)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         w = weight.detach().float().contiguous()
@@ -312,10 +346,11 @@ class Int8Linear:
             warnings.simplefilter("ignore", UserWarning)
             qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+        self.reduce_range = not int8_full_range()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # reduce_range=False: the full 8 bits for activations; exact on VNNI CPUs (no 16-bit overflow there).
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).contiguous(), self.packed, False)
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).contiguous(), self.packed,
+                                               self.reduce_range)
         return y.view(*x.shape[:-1], -1)
 
 
@@ -563,7 +598,7 @@ def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
 
     Inverse-CDF sampling: one draw per row keeps seeded rows independent of the rest of the batch.
     """
-    if search.temperature == 0:
+    if search.greedy:
         return logits.argmax(dim=1)
     # The decoder passes log-probs, so at temperature 1 exp() is already the distribution.
     probs = logits.exp() if search.temperature == 1 else torch.softmax(logits / search.temperature, dim=1)
@@ -589,7 +624,7 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
     net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length).
     """
     results: list[list[Hypothesis]] = [[] for _ in specs]
-    rows_per_line = search.n if search.method == "beam" else 1 if search.temperature == 0 else search.n
+    rows_per_line = 1 if search.greedy else search.n
     chunks: list[list[int]] = []
     # Sampling drops a line's rows once it is written, so one pass costs no more than the lines' own steps:
     # all lengths go together. Beams keep every row to the end, so lines far apart in length are split.
@@ -683,7 +718,7 @@ def _sample(net, vocab, specs, search, device):
     state0, logits0 = _start(net, specs)
     gens = [torch.Generator().manual_seed(s.seed) if s.seed is not None else None for s in specs]
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
-    greedy = search.temperature == 0
+    greedy = search.greedy
     want = 1 if greedy else search.n
     counts = [want] * B
     for _ in range(1 if greedy else SAMPLE_ROUNDS):
@@ -738,6 +773,8 @@ def _collect(found, rows, out, logprob, rules, vocab):
     tokens = vocab.ids[out].tolist()
     lengths = rules.lengths[rows].tolist()
     for r, toks, n, lp, rs, sc in zip(rows.tolist(), tokens, lengths, logprob.tolist(), rule.tolist(), score.tolist()):
+        if not math.isfinite(sc):  # a row that met an impossible token: never a candidate, whatever its form
+            continue
         toks = toks[:n]  # a shorter line's filler is cut off
         key = tuple(toks)
         if key not in found[r] or found[r][key].score < sc:

@@ -31,6 +31,15 @@ class Preset:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
 
+    @classmethod
+    def of_model_dir(cls, model_dir: str | Path) -> "Preset":
+        """The shape of a HuggingFace GPT-2 directory (a duilian export or the seed's model)."""
+        c = read_hf_config(model_dir)
+        n_inner = c.get("n_inner") or 4 * c["n_embd"]
+        if n_inner != 4 * c["n_embd"]:
+            raise ValueError(f"{model_dir}: feed-forward width {n_inner} is not 4 x n_embd; duilian's shapes are GPT-2's")
+        return cls(n_layer=c["n_layer"], n_embd=c["n_embd"], n_head=c["n_head"], n_positions=c["n_positions"])
+
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n_layer=2, n_embd=64, n_head=2, n_positions=128),  # tests: trains in seconds
@@ -78,6 +87,78 @@ def is_hf_model_dir(path: str | Path) -> bool:
         return "model_type" in json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+
+
+def read_hf_config(model_dir: str | Path) -> dict:
+    """config.json of a HuggingFace model directory, with a clear error for anything else."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{model_dir} is not a HuggingFace model directory (no readable config.json: {e})") from None
+    if config.get("model_type") != "gpt2":
+        hint = " (a training run directory? export it first: duilian export)" if "preset" in config else ""
+        raise ValueError(f"{model_dir}: config.json is not a GPT-2 model's{hint}")
+    return config
+
+
+def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a HuggingFace model directory, without transformers: model.safetensors, its shards
+    (model.safetensors.index.json), or a pytorch_model.bin read with weights_only=True. Names are
+    GPT2LMHeadModel's (`transformer.h.0.attn.c_attn.weight`, ...); files saved from a bare GPT2Model
+    (no `transformer.` prefix) get it added."""
+    from safetensors.torch import load_file
+
+    d = Path(model_dir)
+    if (d / "model.safetensors").exists():
+        state = load_file(d / "model.safetensors")
+    elif (d / "model.safetensors.index.json").exists():
+        shards = set(json.loads((d / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"].values())
+        state = {k: v for shard in sorted(shards) for k, v in load_file(d / shard).items()}
+    elif (d / "pytorch_model.bin").exists():
+        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{d} holds no model.safetensors, shard index or pytorch_model.bin")
+    return {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
+
+
+def init_from_model_dir(model: GPT2LMHeadModel, model_dir: str | Path, tokens: list[str] | tuple[str, ...]) -> dict:
+    """Copy a HuggingFace GPT-2 directory's weights into `model` (same shape), matching the token
+    embedding's rows by token: `tokens` is `model`'s vocabulary, the directory's vocab.txt the source's.
+
+    A token the source lacks gets the mean of the source's rows rather than a random one: the mean is
+    close to every row, so the new token starts with an ordinary score instead of shifting the output
+    distribution (Hewitt, "Initializing new word embeddings", 2021). Positions beyond the source's keep
+    their fresh initialisation. Returns counts: tokens matched and tokens new.
+    """
+    from .tokenizer import Tokenizer
+
+    src = read_hf_weights(model_dir)
+    src_tokens = Tokenizer.from_file(Path(model_dir) / "vocab.txt").index
+    target = model.state_dict()
+    missing = [k for k in target if k not in src and k != "lm_head.weight"]  # the head is tied to wte
+    if missing:
+        raise ValueError(f"{model_dir} lacks weights the model needs: {', '.join(missing[:4])}")
+    with torch.no_grad():
+        for name, t in target.items():
+            if name == "lm_head.weight":
+                continue
+            s = src[name].to(t.dtype)
+            if name == "transformer.wte.weight":
+                rows = torch.tensor([src_tokens.get(tok, -1) for tok in tokens])
+                found = rows >= 0
+                t.copy_(s.mean(0).expand_as(t))
+                t[found] = s[rows[found]]
+            elif name == "transformer.wpe.weight":
+                n = min(len(s), len(t))
+                t[:n] = s[:n]
+            elif s.shape != t.shape:
+                raise ValueError(f"{model_dir}: {name} has shape {tuple(s.shape)}, the model {tuple(t.shape)}: "
+                                 f"choose the --preset of that model, or leave --preset out")
+            else:
+                t.copy_(s)
+    matched = int(found.sum())
+    return {"matched": matched, "new": len(tokens) - matched}
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> GPT2LMHeadModel:

@@ -36,7 +36,7 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 
 from .dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines
-from .model import PRESETS, Preset, build_model, count_parameters
+from .model import PRESETS, Preset, build_model, count_parameters, init_from_model_dir
 from .tokenizer import default_tokenizer
 
 CHECKPOINT_FORMAT = 1
@@ -44,7 +44,7 @@ CHECKPOINT_FORMAT = 1
 # Fields that decide the numbers a run computes: a resumed run must keep them, or it would not be
 # the same run. (Logging, saving, device, compile and time budget may change between restarts.)
 _RESUME_MUST_MATCH = (
-    "preset", "dropout", "seed", "steps", "lr", "warmup", "weight_decay", "grad_clip",
+    "preset", "init_from", "dropout", "seed", "steps", "lr", "warmup", "weight_decay", "grad_clip",
     "seq_len", "bucket", "bucket_chunk", "v5_prompt_frac",
 )
 
@@ -60,8 +60,12 @@ class TrainConfig:
     """Run directory: checkpoints/, metrics.jsonl, loss.png, config.json and final.pt go here."""
 
     # model
-    preset: str = "base"
-    """A key of duilian.model.PRESETS; `base` is the seed's GPT-2."""
+    preset: str = ""
+    """A key of duilian.model.PRESETS; empty means `base` (the seed's GPT-2), or with `init_from` that
+    model's own shape."""
+    init_from: str = ""
+    """A HuggingFace GPT-2 directory (a duilian export, the default model, the seed's converted model)
+    whose weights start the run; embedding rows are matched by token. Optimizer and schedule start afresh."""
     dropout: float = 0.1
     """Dropout on embeddings, attention and residuals (GPT-2's / UER's 0.1)."""
     seed: int = 7
@@ -132,7 +136,7 @@ class TrainConfig:
     """Testing aid: SIGKILL this process right after step N completes (0 = never)."""
 
     def __post_init__(self):
-        if self.preset not in PRESETS:
+        if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.pad not in ("fixed", "batch"):
             raise ValueError(f"pad must be 'fixed' or 'batch', not {self.pad!r}")
@@ -153,6 +157,16 @@ class TrainConfig:
             raise ValueError("v5_prompt_frac is a fraction in [0, 1)")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+
+    def shape(self) -> Preset:
+        """The model's shape: the preset, or the `init_from` model's (which a preset given too must equal)."""
+        if not self.init_from:
+            return PRESETS[self.preset or "base"]
+        shape = Preset.of_model_dir(self.init_from)
+        if self.preset and PRESETS[self.preset] != shape:
+            raise ValueError(f"--preset {self.preset} is {PRESETS[self.preset]}, but --init-from {self.init_from} "
+                             f"is {shape}; leave --preset out to train that model's shape")
+        return shape
 
 
 # --- distributed setup --------------------------------------------------------------------------
@@ -253,7 +267,7 @@ def _model_meta(cfg: TrainConfig) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "preset_name": cfg.preset,
-        "preset": asdict(PRESETS[cfg.preset]),
+        "preset": asdict(cfg.shape()),
         "dropout": cfg.dropout,
         "config": asdict(cfg),
         "versions": {"torch": str(torch.__version__), "transformers": str(_transformers_version())},
@@ -416,9 +430,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     lengths = train_split.lengths
     if lengths.max() > cfg.seq_len:
         raise ValueError(f"dataset has lines of {lengths.max()} tokens, longer than --seq-len {cfg.seq_len}")
-    preset = PRESETS[cfg.preset]
+    preset = cfg.shape()
     if preset.n_positions < cfg.seq_len + 2:
-        raise ValueError(f"preset {cfg.preset} has {preset.n_positions} positions, fewer than seq_len + 2")
+        raise ValueError(f"the model has {preset.n_positions} positions, fewer than seq_len + 2")
     global_batch = cfg.batch_size * d.world_size * cfg.grad_accum
     schedule = BatchSchedule(lengths, global_batch, cfg.seed, cfg.bucket, cfg.bucket_chunk)
     pad_to = cfg.seq_len if cfg.pad == "fixed" else None
@@ -435,7 +449,11 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         return b, to(b.inputs), to(b.targets), to(keep)
 
     # 2) model, optimizer, schedule (built identically on every rank; DDP also broadcasts rank 0's weights)
-    model = build_model(cfg.preset, cfg.dropout, seed=cfg.seed).to(d.device)
+    model = build_model(preset, cfg.dropout, seed=cfg.seed)
+    if cfg.init_from and not (cfg.resume and latest_checkpoint(run_dir)):
+        got = init_from_model_dir(model, cfg.init_from, tok.tokens)
+        _print(d, f"weights from {cfg.init_from}: {got['matched']:,} tokens matched, {got['new']:,} new")
+    model = model.to(d.device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -475,7 +493,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         _atomic_write(run_dir / "config.json", json.dumps(
             {**asdict(cfg), "world_size": d.world_size, "global_batch": global_batch,
              "parameters": count_parameters(model)}, indent=2))
-        _print(d, f"{cfg.preset}: {count_parameters(model):,} parameters | {len(train_split):,} lines | "
+        name = cfg.preset or (f"the shape of {cfg.init_from}" if cfg.init_from else "base")
+        _print(d, f"{name}: {count_parameters(model):,} parameters | {len(train_split):,} lines | "
                   f"global batch {global_batch} | {schedule.batches_per_epoch} steps/epoch | {d.device} "
                   f"{'bf16' if amp_dtype else 'fp32'} | world {d.world_size}")
 

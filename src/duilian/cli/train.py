@@ -19,7 +19,11 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="run directory: checkpoints/, metrics.jsonl, loss.png, final.pt")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default=S, help="model shape: tiny, mini, small or base (default base, the seed's GPT-2)")
+    g.add_argument("--preset", default=S,
+                   help="model shape: tiny, mini, small or base (default base, the seed's GPT-2, or the --init-from model's)")
+    g.add_argument("--init-from", default=S, metavar="MODEL_DIR",
+                   help="start from a HuggingFace GPT-2 directory's weights (a duilian export, the default model, the "
+                        "seed's converted model); embedding rows matched by token; fresh optimizer and schedule")
     g.add_argument("--dropout", type=float, default=S, help="dropout probability (default 0.1)")
     g.add_argument("--seed", type=int, default=S, help="seeds init, data order and dropout (default 7)")
 

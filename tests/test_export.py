@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -12,7 +14,6 @@ from duilian.tokenizer import VOCAB_PATH, default_tokenizer
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    torch.set_num_threads(1)
     model = build_model("tiny", seed=0).eval()
     return model, export_model(model, tmp_path_factory.mktemp("export") / "model")
 
@@ -80,6 +81,28 @@ def test_exporting_over_an_export_replaces_its_weights(exported, tmp_path):
     assert torch.equal(again.transformer.wpe.weight, other.transformer.wpe.weight)
     export_model(model, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").glob("model*")) == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_every_file_gets_the_umask_mode(exported, tmp_path, umask):
+    # safetensors leaves its files 0600 while the json files get 0644: every file must follow the umask,
+    # also when an export replaces one (a replaced file would otherwise keep its old mode).
+    model, _ = exported
+    old = os.umask(umask)
+    try:
+        for out in (tmp_path / "one", tmp_path / "sharded"):
+            export_model(model, out)
+            for path in out.iterdir():
+                path.chmod(0o600)  # stale modes that the next export must not keep
+            export_model(model, out, max_shard_size="2MB" if out.name == "sharded" else None)
+            files = sorted(out.iterdir())
+            assert {p.name for p in files} >= {"config.json", "vocab.txt", "tokenizer_config.json"}
+            assert any(p.name.endswith(".safetensors") for p in files)
+            for path in files:
+                assert path.is_file(), path  # and no probe or temporary file is left behind
+                assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, (path.name, oct(path.stat().st_mode))
+    finally:
+        os.umask(old)
 
 
 def test_vocabulary_size_must_match(tmp_path):

@@ -11,6 +11,9 @@ The directory holds:
     tokenizer_config.json    BertTokenizer, no lower-casing (the vocabulary is the cased Chinese BERT one)
     special_tokens_map.json
 
+Every file gets the mode a new file gets in that directory (0o666 less the umask, usually 0644), the
+weights included, which the safetensors library (0.8) leaves 0600.
+
 The tokenizer files are written by hand rather than by `BertTokenizer.save_pretrained`, because that
 writes vocab.txt under transformers 4 but only tokenizer.json under transformers 5; the hand-written
 files are the ones transformers 4 writes, and transformers 5 (checked on 5.17 and 5.24) loads them too.
@@ -25,7 +28,9 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +49,10 @@ would override the seed snippet's own `max_length=25`."""
 WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json",
                 "pytorch_model*.bin", "pytorch_model.bin.index.json")
 """Weight files of a HuggingFace directory, removed before an export writes its own."""
+
+WRITTEN_FILES = (*WEIGHT_FILES, "config.json", "generation_config.json", "vocab.txt", "tokenizer_config.json",
+                 "special_tokens_map.json")
+"""Every file an export writes (the weight files as patterns), for setting their mode."""
 
 DEFAULT_TOP_K = 50
 """Sampling default: the 50 most likely characters (transformers' own default, written out)."""
@@ -111,7 +120,27 @@ def export_model(
     }
     _write_json(out / "tokenizer_config.json", tokenizer_config)
     _write_json(out / "special_tokens_map.json", specials)
+
+    # 5) One mode for every file: the one a new file gets here (a replaced file keeps its old mode, and
+    #    safetensors leaves its files 0600), so others may read the export as far as the umask allows.
+    mode = new_file_mode(out)
+    for pattern in WRITTEN_FILES:
+        for path in out.glob(pattern):
+            os.chmod(path, mode)
     return out
+
+
+def new_file_mode(directory: str | Path) -> int:
+    """The permission bits a file created in `directory` gets: 0o666 less the umask (or whatever a default
+    ACL gives). Found by creating one, since reading the umask means setting it (os.umask), which races
+    with other threads creating files."""
+    probe = Path(directory) / f".duilian-mode-probe-{uuid.uuid4().hex}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        probe.unlink()
 
 
 def generation_config(n_positions: int, tok: Tokenizer) -> GenerationConfig:

@@ -1,3 +1,5 @@
+import json
+import math
 import os
 import pickle
 
@@ -8,6 +10,7 @@ from transformers import GPT2LMHeadModel
 from duilian import cli
 from duilian.convert import (
     ConversionError,
+    config_from_uer,
     convert_hf_to_uer,
     convert_uer_to_hf,
     hf_to_uer_state_dict,
@@ -48,7 +51,6 @@ OUTPUT = {"old": "target.output_layer.weight", "new": "target.lm.output_layer.we
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random GPT-2 (2 layers, hidden 64, 2 heads) and its HuggingFace export."""
-    torch.set_num_threads(1)
     model = build_model("tiny", seed=0).eval()
     return model, export_model(model, tmp_path_factory.mktemp("tiny_hf"))
 
@@ -166,6 +168,112 @@ def test_bad_checkpoints_are_refused_with_the_reason():
         hf_to_uer_state_dict(hf, layout="middle")
 
 
+# --- heads: not in a UER file ---------------------------------------------------------------------
+
+
+def test_heads_are_not_guessed_for_a_width_other_than_the_seeds(tmp_path):
+    # A 2-layer 64-wide model used to become a 1-head model (64 / 64) that loads, runs and is wrong.
+    torch.save(hand_built_uer("new", hidden=64, inner=256), tmp_path / "in.bin")
+    with pytest.raises(ConversionError, match=r"do not record the number of attention heads.*hidden size 64.*"
+                                              r"--heads N.*--config.*heads_num"):
+        convert_uer_to_hf(tmp_path / "in.bin", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()  # refused before anything is written
+
+
+def test_the_seeds_width_gets_the_seeds_12_heads():
+    shapes = {"transformer.wte.weight": (10, 768), "transformer.wpe.weight": (16, 768),
+              "transformer.h.0.mlp.c_fc.weight": (768, 3072)}
+    hf = {name: torch.empty(shape) for name, shape in shapes.items()}
+    assert config_from_uer(hf, layers=12, heads=None).n_head == 12
+    assert config_from_uer(hf, layers=12, heads=6).n_head == 6  # told otherwise, as told
+    with pytest.raises(ConversionError, match="not divisible by 5 heads"):
+        config_from_uer(hf, layers=12, heads=5)
+    with pytest.raises(ConversionError, match="at least 1"):
+        config_from_uer(hf, layers=12, heads=0)
+
+
+def uer_config(path, **fields):
+    """A UER-py model config file (the keys of UER-py's models/gpt2/config.json)."""
+    config = {"emb_size": 64, "feedforward_size": 256, "hidden_size": 64, "hidden_act": "gelu_fast",
+              "heads_num": 4, "layers_num": 2, "max_seq_length": 128, "dropout": 0.1, **fields}
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_heads_from_a_uer_config_file(tiny, tmp_path):
+    model, hf_dir = tiny
+    uer_file = convert_hf_to_uer(hf_dir, tmp_path / "uer.bin")
+    back = convert_uer_to_hf(uer_file, tmp_path / "hf", uer_config=uer_config(tmp_path / "c.json", heads_num=2))
+    again = GPT2LMHeadModel.from_pretrained(str(back)).eval()
+    assert again.config.n_head == 2
+    ids = [101, 710, 3367, 3736, 1107, 118, 7942, 1383, 102]
+    torch.testing.assert_close(logits(again, ids), logits(model, ids), rtol=0, atol=0)
+    # the config's other sizes are checked against the checkpoint, and against --heads
+    for fields, what in [(dict(hidden_size=768), "hidden_size 768, but the checkpoint has 64"),
+                         (dict(layers_num=12), "layers_num 12, but the checkpoint has 2")]:
+        with pytest.raises(ConversionError, match=what):
+            convert_uer_to_hf(uer_file, tmp_path / "x", uer_config=uer_config(tmp_path / "c.json", heads_num=2, **fields))
+    with pytest.raises(ConversionError, match="heads_num 2, but --heads says 4"):
+        convert_uer_to_hf(uer_file, tmp_path / "x", heads=4, uer_config=uer_config(tmp_path / "c.json", heads_num=2))
+    (tmp_path / "bad.json").write_text('{"hidden_size": 64}')
+    for bad in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(ConversionError, match="heads_num|cannot read"):
+            convert_uer_to_hf(uer_file, tmp_path / "x", uer_config=bad)
+
+
+# --- against UER-py's own forward -----------------------------------------------------------------
+
+
+def uer_forward(sd: dict, ids: list[int], heads: int, layer_norm: str) -> torch.Tensor:
+    """Logits [T, V] of a UER-py GPT-2 (pre-LayerNorm transformer, causal mask, gelu_fast, lm target),
+    written from UER-py's layers on UER's own tensor names, with UER's LayerNorm or HF's."""
+
+    def ln(x, name):
+        g, b = sd[name + ".gamma"], sd[name + ".beta"]
+        if layer_norm == "uer":  # uer/layers/layer_norm.py: unbiased std, eps outside the square root
+            return g * (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-6) + b
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], g, b, eps=1e-5)
+
+    def linear(x, name):
+        return x @ sd[name + ".weight"].T + sd[name + ".bias"]
+
+    T = len(ids)
+    x = sd["embedding.word.embedding.weight"][ids] + sd["embedding.pos.embedding.weight"][:T]  # [T, H]
+    H = x.shape[-1]
+    hd = H // heads
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    for i in range(count_layers(sd)):
+        p = f"encoder.transformer.{i}."
+        h = ln(x, p + "layer_norm_1")
+        q, k, v = (linear(h, f"{p}self_attn.linear_layers.{j}").view(T, heads, hd).transpose(0, 1) for j in range(3))
+        scores = (q @ k.transpose(1, 2) / math.sqrt(hd)).masked_fill(future, -10000.0)  # [heads, T, T]
+        att = (scores.softmax(-1) @ v).transpose(0, 1).reshape(T, H)
+        x = x + linear(att, p + "self_attn.final_linear")
+        h = ln(x, p + "layer_norm_2")
+        h = linear(h, p + "feed_forward.linear_1")
+        h = 0.5 * h * (1 + torch.tanh(0.7978845608 * (h + 0.044715 * h ** 3)))  # UER's gelu_fast
+        x = x + linear(h, p + "feed_forward.linear_2")
+    return ln(x, "encoder.layer_norm") @ sd["target.lm.output_layer.weight"].T
+
+
+def count_layers(sd):
+    return 1 + max(int(n.split(".")[2]) for n in sd if n.startswith("encoder.transformer."))
+
+
+def test_converted_logits_match_uer_style_forward_up_to_its_layer_norm(tiny, tmp_path):
+    """The map is right when UER's forward, given HF's LayerNorm, gives HF's logits; UER's own LayerNorm
+    (unbiased std, eps outside the root) alone moves them, by ~1/(2H) relative per norm (H = 64 here)."""
+    model, hf_dir = tiny
+    sd = torch.load(convert_hf_to_uer(hf_dir, tmp_path / "uer.bin"), weights_only=True)
+    ids = [101, 710, 3367, 3736, 1107, 118, 7942, 1383, 102]
+    hf = logits(model, ids)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(uer_forward(sd, ids, 2, "hf"), hf, rtol=1e-4, atol=1e-4)
+        gap = (uer_forward(sd, ids, 2, "uer") - hf).abs().max().item()
+        # 3e-3 here: far above fp32 rounding (the "hf" run agrees to ~1e-6), and small, as documented
+        assert 1e-4 < gap < 0.05, gap
+
+
 # --- safe loading -------------------------------------------------------------------------------
 
 
@@ -225,3 +333,15 @@ def test_cli_round_trip(tiny, tmp_path, cli_main, capsys):
     assert cli_main(["convert", "--to", "hf", "--input", str(tmp_path / "m.bin"), "--output", str(tmp_path / "x"),
                      "--layers", "5"]) == 2
     assert "5 given, but the checkpoint has 2 layers" in capsys.readouterr().err
+    # No --heads for a width other than the seed's: refused with how to say it; --config says it too.
+    assert cli_main(["convert", "--to", "hf", "--input", str(tmp_path / "m.bin"), "--output", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "--heads" in err and "--config" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "y").exists()
+    config = uer_config(tmp_path / "config.json", heads_num=2)
+    assert cli_main(["convert", "--to", "hf", "--input", str(tmp_path / "m.bin"), "--output", str(tmp_path / "z"),
+                     "--config", str(config)]) == 0
+    assert json.loads((tmp_path / "z" / "config.json").read_text())["n_head"] == 2
+    assert cli_main(["convert", "--to", "uer", "--input", str(hf_dir), "--output", str(tmp_path / "n.bin"),
+                     "--config", str(config)]) == 2
+    assert "apply to --to hf only" in capsys.readouterr().err

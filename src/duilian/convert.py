@@ -10,8 +10,16 @@ Shapes (H = hidden, V = vocab, P = positions, F = feed-forward width):
     UER keeps Q, K, V as three [H, H] linears; HF fuses them into one c_attn of [H, 3H] (Q | K | V along out).
 
 Both models are pre-LayerNorm GPT-2 with a final LayerNorm, UER's gelu_fast is HF's gelu_new, and the
-output layer is tied to the word embedding. (UER's LayerNorm eps is 1e-6 against HF's 1e-5: outputs agree
-to ~1e-5, as the seed's own conversion did.)
+output layer is tied to the word embedding. The outputs are close, not equal: UER-py's LayerNorm is
+gamma * (x - mean) / (std + 1e-6) + beta with the *unbiased* standard deviation (divided by H - 1) and eps
+outside the square root, where HF's is (x - mean) / sqrt(var + 1e-5) with the biased variance. Each
+LayerNorm's output is thus smaller in UER by a factor sqrt((H - 1) / H), about 1 - 1/(2H) (6.5e-4 at
+H = 768; the eps difference is far smaller), and through the layers logits end up about 1e-2 apart at
+width 768 (measured: ~7e-3, and at most 1.2e-2 on a random model; test_convert checks the cause).
+
+UER files do not record the number of attention heads. It is taken from --heads, from a UER-py config
+file (its "heads_num"), or for the seed's width of 768 as the seed's 12; any other width is refused rather
+than guessed, since a wrong head count gives a model that loads and runs but computes something else.
 
 UER checkpoints are read with torch.load(weights_only=True): a file that needs any code to unpickle is
 refused, never run.
@@ -19,6 +27,7 @@ refused, never run.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,18 +250,50 @@ def load_uer_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def config_from_uer(hf: dict[str, torch.Tensor], layers: int, heads: int | None, tied: bool = True):
-    """A GPT2Config for HF tensors converted from UER: sizes from the shapes, heads from `heads` (default
-    hidden / 64, GPT-2's head size), everything else (ids, gelu_new, dropout) from duilian.model."""
+SEED_HEADS = {768: 12}
+"""Widths whose head count is known without being told: the seed's GPT-2 base (768 wide, 12 heads)."""
+
+
+def read_uer_config(path: str | Path) -> dict:
+    """A UER-py model config file (e.g. UER-py's models/gpt2/config.json): its "heads_num", and the
+    "hidden_size" and "layers_num" it states, which are checked against the checkpoint."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConversionError(f"cannot read the UER config {path}: {err}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("heads_num"), int):
+        raise ConversionError(f"{path} is not a UER-py model config: it has no integer \"heads_num\"")
+    return config
+
+
+def config_from_uer(hf: dict[str, torch.Tensor], layers: int, heads: int | None, tied: bool = True,
+                    uer_config: dict | None = None):
+    """A GPT2Config for HF tensors converted from UER: sizes from the shapes; heads from `heads`, else from
+    `uer_config` (a UER-py config's "heads_num"), else 12 for the seed's width of 768 (SEED_HEADS), else
+    ConversionError; everything else (ids, gelu_new, dropout) from duilian.model."""
     from .model import Preset, gpt2_config
 
     vocab, hidden = hf["transformer.wte.weight"].shape
     positions = hf["transformer.wpe.weight"].shape[0]
     inner = hf["transformer.h.0.mlp.c_fc.weight"].shape[1]
+    if uer_config is not None:
+        for key, found in (("hidden_size", hidden), ("layers_num", layers), ("heads_num", heads)):
+            stated = uer_config.get(key)
+            if stated is not None and found is not None and stated != found:
+                what = "--heads says" if key == "heads_num" else "the checkpoint has"
+                raise ConversionError(f"the UER config says {key} {stated}, but {what} {found}")
+        heads = uer_config["heads_num"]
     if heads is None:
-        if hidden % 64:
-            raise ConversionError(f"hidden size {hidden} is not a multiple of 64; give the number of heads")
-        heads = hidden // 64
+        if hidden not in SEED_HEADS:
+            raise ConversionError(
+                f"UER checkpoints do not record the number of attention heads, and hidden size {hidden} is not "
+                f"the seed's 768 (12 heads): give --heads N, or --config with the UER-py config file the model "
+                f"was trained with (its \"heads_num\")"
+            )
+        heads = SEED_HEADS[hidden]
+    if heads < 1:
+        raise ConversionError(f"the number of heads must be at least 1, not {heads}")
     if hidden % heads:
         raise ConversionError(f"hidden size {hidden} is not divisible by {heads} heads")
     config = gpt2_config(Preset(n_layer=layers, n_embd=hidden, n_head=heads, n_positions=positions))
@@ -270,17 +311,22 @@ def convert_uer_to_hf(
     heads: int | None = None,
     dtype: torch.dtype | None = None,
     vocab_path: str | Path | None = None,
+    uer_config: str | Path | None = None,
 ) -> Path:
-    """A UER checkpoint file -> a complete HuggingFace model directory (via duilian.export.export_model)."""
+    """A UER checkpoint file -> a complete HuggingFace model directory (via duilian.export.export_model).
+
+    The number of heads comes from `heads`, or the UER-py config file `uer_config`; either may be left out
+    only for the seed's width (see config_from_uer)."""
     from transformers import GPT2LMHeadModel
 
     from .export import export_model
     from .tokenizer import VOCAB_PATH
 
+    stated = read_uer_config(uer_config) if uer_config is not None else None
     uer = load_uer_checkpoint(input_path)
     hf, tied = uer_to_hf_state_dict(uer, layers=layers, layout=layout)
     layers = count_layers(hf, "transformer.h.")
-    config = config_from_uer(hf, layers, heads, tied)
+    config = config_from_uer(hf, layers, heads, tied, stated)
     model = GPT2LMHeadModel(config)
     if tied:
         hf[OUTPUT_LAYER.hf] = hf["transformer.wte.weight"]

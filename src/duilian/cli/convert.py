@@ -19,8 +19,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=None, metavar="N",
                         help="transformer layers; checked against the file (default: counted from the names)")
     parser.add_argument("--heads", type=int, default=None, metavar="N",
-                        help="attention heads, --to hf only; UER files do not record them "
-                             "(default: hidden size / 64, as in GPT-2)")
+                        help="attention heads, --to hf only; UER files do not record them. Needed unless "
+                             "--config gives them or the model is 768 wide (the seed's: 12 heads)")
+    parser.add_argument("--config", default=None, metavar="JSON",
+                        help="--to hf only: the UER-py model config the checkpoint was trained with "
+                             "(e.g. UER-py's models/gpt2/config.json); its heads_num gives the heads, and "
+                             "its hidden_size and layers_num are checked against the checkpoint")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="--to hf only: cast the exported weights (default: float32)")
 
@@ -34,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
         if args.to == "hf":
             dtype = getattr(torch, args.dtype) if args.dtype else None
             out = convert_uer_to_hf(args.input, args.output, layout=args.layout, layers=args.layers,
-                                    heads=args.heads, dtype=dtype)
+                                    heads=args.heads, dtype=dtype, uer_config=args.config)
         else:
-            if args.heads is not None or args.dtype is not None:
-                raise ConversionError("--heads and --dtype apply to --to hf only")
+            if args.heads is not None or args.dtype is not None or args.config is not None:
+                raise ConversionError("--heads, --config and --dtype apply to --to hf only")
             out = convert_hf_to_uer(args.input, args.output, layout=args.layout or "new", layers=args.layers)
     except (ConversionError, FileNotFoundError) as err:
         print(f"duilian convert: {err}", file=sys.stderr)

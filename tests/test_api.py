@@ -108,14 +108,18 @@ def test_acrostic_bad_input(c, heads, length, reason):
         c.acrostic(heads, length=length)
 
 
-def test_score_is_the_model_log_prob(c):
+def test_score_is_the_model_log_prob(c, model_dir):
+    """Scores come from the weights read without transformers; the reference is transformers' own model."""
+    from duilian.model import load_model
+
+    reference = load_model(model_dir)
     tok = c.tokenizer
     uppers, lowers = ["丹枫江冷人初去", "海阔凭鱼跃"], ["黄叶声从天外来", "天高任鸟飞"]
     got = c.score(uppers, lowers)
     for u, l, s in zip(uppers, lowers, got):
         ids = torch.tensor([tok.encode_pair(u, l)])
         with torch.no_grad():
-            logp = torch.log_softmax(c.model(ids).logits[0], -1)
+            logp = torch.log_softmax(reference(ids).logits[0], -1)
         start = len(tok.encode_prompt(u))
         expected = sum(logp[t - 1, ids[0, t]].item() for t in range(start, ids.shape[1]))
         assert s == pytest.approx(expected, rel=1e-4)

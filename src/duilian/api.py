@@ -90,6 +90,7 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
          quantize: str | None = None) -> "Couplets":
     """A Couplets for a HuggingFace GPT-2 directory (a duilian export or a copy of
     uer/gpt2-chinese-couplet), an already loaded GPT2LMHeadModel, or None for the embedded default model.
+    A directory is read straight into tensors (model.GPT2Weights): transformers is not imported.
 
     quantize="int8" decodes with int8 weights (CPU only; see decode.LeanGPT2): several times faster on a
     CPU, log-probs within a few hundredths of a nat. `score` always uses the model's own weights."""
@@ -102,14 +103,13 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
         model = DEFAULT_MODEL_DIR
     if isinstance(model, (str, Path)):
         path = Path(model)
-        from .model import is_hf_model_dir, load_model
+        from .model import GPT2Weights, is_hf_model_dir
 
         if not is_hf_model_dir(path):
             hint = "; it looks like a training run: `duilian export --checkpoint RUN --out DIR` first" \
                 if (path / "checkpoints").is_dir() or (path / "final.pt").is_file() else ""
             raise FileNotFoundError(f"{path} is not a HuggingFace model directory{hint}")
-
-        model = load_model(path, dtype=dtype, device=device)
+        return Couplets(GPT2Weights.from_dir(path, dtype=dtype, device=device), quantize=quantize)
     return Couplets(model.to(device).eval(), quantize=quantize)
 
 
@@ -117,17 +117,24 @@ class Couplets:
     """A model and tokenizer ready to write couplets. Build it with duilian.load()."""
 
     def __init__(self, model, tokenizer: Tokenizer | None = None, quantize: str | None = None):
+        """model: a model.GPT2Weights or a transformers GPT2LMHeadModel (whose weights are used as they are)."""
+        from .model import GPT2Weights
+
         self.model = model
+        self.weights = model if isinstance(model, GPT2Weights) else GPT2Weights.of(model)
         self.tokenizer = tokenizer or default_tokenizer()
-        if model.config.vocab_size != len(self.tokenizer):
-            raise ValueError(f"the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer "
+        if self.weights.vocab_size != len(self.tokenizer):
+            raise ValueError(f"the model's vocabulary has {self.weights.vocab_size} tokens, the tokenizer "
                              f"{len(self.tokenizer)}: not a duilian / gpt2-chinese-couplet model")
-        self.device = next(model.parameters()).device
-        self.max_chars = min(MAX_CHARS, (model.config.n_positions - 3) // 2)
+        self.device = self.weights.device
+        self.n_positions = self.weights.n_positions
+        self.max_chars = min(MAX_CHARS, (self.n_positions - 3) // 2)
         self.vocab = vocab_tables(self.tokenizer).to(self.device)
         self.quantize = quantize
         """None, or "int8": the weights the decoder runs with (decode.QUANTIZE)."""
-        self.net = decode.LeanGPT2(model, self.vocab, quantize=quantize)
+        self.net = decode.LeanGPT2(self.weights, self.vocab, quantize=quantize)
+        # score() uses the model's own weights, whatever the decoder runs with.
+        self._scorer = self.net if quantize is None else None
 
     # --- input ------------------------------------------------------------------------------------------------
     def clean(self, upper: str) -> str:
@@ -251,8 +258,10 @@ class Couplets:
                 raise CoupletInputError("the 下联 is empty")
             seqs.append(prompt + self._ids(lower) + [self.tokenizer.sep_id])
             starts.append(len(prompt))
-        if len(max(seqs, key=len, default=[])) > self.model.config.n_positions:
-            raise CoupletInputError(f"a couplet is longer than the model's {self.model.config.n_positions} positions")
+        if len(max(seqs, key=len, default=[])) > self.n_positions:
+            raise CoupletInputError(f"a couplet is longer than the model's {self.n_positions} positions")
+        if self._scorer is None:
+            self._scorer = decode.LeanGPT2(self.weights, self.vocab)
         scores = []
         with torch.inference_mode():
             for i in range(0, len(seqs), 64):
@@ -260,8 +269,7 @@ class Couplets:
                 T = max(len(s) for s in batch)
                 # Right padding: causal attention never lets a real token see the padding after it.
                 ids = torch.tensor([s + [self.tokenizer.pad_id] * (T - len(s)) for s in batch], device=self.device)
-                mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in batch], device=self.device)
-                logits = self.model(ids, attention_mask=mask).logits.float()  # (B, T, V)
+                logits = self._scorer.full_logits(ids).float()  # (B, T, V)
                 logp = torch.log_softmax(logits, dim=-1)
                 for b, (s, st) in enumerate(zip(batch, first)):
                     target = torch.tensor(s[st:], device=self.device)

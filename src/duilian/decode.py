@@ -182,9 +182,11 @@ class Hypothesis:
 
 # --- the model: GPT-2 with a preallocated KV cache ------------------------------------------------------------------
 class LeanGPT2:
-    """The forward pass of a transformers GPT2LMHeadModel, written out for decoding: a preallocated KV cache,
-    the last position only through the final layer norm, and the output layer for the emittable tokens only.
-    Uses the model's own parameters (no copy except the output rows); tests check it against the model.
+    """The forward pass of a GPT-2 (transformers' GPT2LMHeadModel), written out for decoding: a preallocated KV
+    cache, the last position only through the final layer norm, and the output layer for the emittable tokens
+    only. Built from a GPT2Weights (read straight from a model directory, no transformers) or a loaded
+    GPT2LMHeadModel; uses the weights as they are (no copy except the output rows). Tests check it against
+    transformers.
 
     quantize="int8" (CPU only) runs the attention and MLP matmuls and the output layer with int8 weights
     (per output channel, symmetric) and activations quantized row by row on the fly (dynamic quantization,
@@ -192,47 +194,63 @@ class LeanGPT2:
     Embeddings, layer norms, attention and the KV cache stay fp32."""
 
     def __init__(self, model, vocab: Vocab, quantize: str | None = None):
-        cfg = model.config
-        if getattr(cfg, "add_cross_attention", False):
+        from .model import GPT2Weights
+
+        w = model if isinstance(model, GPT2Weights) else GPT2Weights.of(model)
+        cfg, t = w.config, w.tensors
+        if cfg.get("add_cross_attention", False):
             raise ValueError("cross-attention GPT-2 models are not supported")
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, not {quantize!r}")
-        self.model, self.tr, self.quantize = model, model.transformer, quantize
-        self.n_layer, self.n_head, self.d = cfg.n_layer, cfg.n_head, cfg.n_embd
-        self.n_positions = cfg.n_positions
-        from transformers.activations import ACT2FN
+        self.weights, self.quantize = w, quantize
+        self.n_layer, self.n_head, self.d = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
+        self.n_positions = w.n_positions
+        self.eps = cfg.get("layer_norm_epsilon", 1e-5)
+        act = cfg.get("activation_function", "gelu_new")
+        if act in ("gelu_new", "gelu_pytorch_tanh"):  # GPT-2's tanh approximation, one fused kernel
+            self.act = lambda x: F.gelu(x, approximate="tanh")
+        else:  # rare in GPT-2 checkpoints: let transformers say what the name means
+            from transformers.activations import ACT2FN
 
-        # GPT-2's gelu_new is the tanh approximation; PyTorch's fused kernel computes it in one op.
-        tanh_gelu = ("gelu_new", "gelu_pytorch_tanh")
-        self.act = (lambda x: F.gelu(x, approximate="tanh")) if cfg.activation_function in tanh_gelu \
-            else ACT2FN[cfg.activation_function]
+            self.act = ACT2FN[act]
         hd = self.d // self.n_head
-        base = 1 / math.sqrt(hd) if cfg.scale_attn_weights else 1.0
-        by_layer = getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
+        base = 1 / math.sqrt(hd) if cfg.get("scale_attn_weights", True) else 1.0
+        by_layer = cfg.get("scale_attn_by_inverse_layer_idx", False)
         self.scales = [base / (i + 1) if by_layer else base for i in range(self.n_layer)]
-        head = model.get_output_embeddings()
-        device = head.weight.device
-        self.dtype = head.weight.dtype
+        self.wte, self.wpe = t["transformer.wte.weight"], t["transformer.wpe.weight"]
+        ln = lambda name: (t[name + ".weight"], t[name + ".bias"])  # noqa: E731
+        self.ln = [(ln(f"transformer.h.{i}.ln_1"), ln(f"transformer.h.{i}.ln_2")) for i in range(self.n_layer)]
+        self.ln_f = ln("transformer.ln_f")
+        device = self.wte.device
+        self.dtype = self.wte.dtype
         self.vocab_ids = vocab.ids.to(device)
-        head_w = head.weight.detach().index_select(0, self.vocab_ids)  # [V', d]
-        head_b = None if getattr(head, "bias", None) is None else head.bias.detach()[self.vocab_ids]
+        self.full_head = t.get("lm_head.weight", self.wte)  # [V, d]: tied to the embedding unless stored
+        head_w = self.full_head.index_select(0, self.vocab_ids)  # [V', d]
         if quantize == "int8":
             if device.type != "cpu":
                 raise ValueError(f"int8 weights run on the CPU only, not {device}")
             check_int8_engine()
             # transformers' Conv1D stores the weight as (in, out); a linear layer wants (out, in).
-            lin = lambda conv: Int8Linear(conv.weight.detach().T, conv.bias.detach())  # noqa: E731
+            lin = lambda name: Int8Linear(t[name + ".weight"].T, t[name + ".bias"])  # noqa: E731
         else:
-            lin = lambda conv: Fp32Linear(conv.weight.detach(), conv.bias.detach())  # noqa: E731
+            lin = lambda name: Fp32Linear(t[name + ".weight"], t[name + ".bias"])  # noqa: E731
         # Per block: (c_attn, c_proj, c_fc, mlp c_proj), each x [N, in] -> [N, out].
-        self.linears = [(lin(b.attn.c_attn), lin(b.attn.c_proj), lin(b.mlp.c_fc), lin(b.mlp.c_proj))
-                        for b in self.tr.h]
-        self.head = Int8Linear(head_w, head_b) if quantize == "int8" else Fp32Linear(head_w.T, head_b)
+        self.linears = [tuple(lin(f"transformer.h.{i}.{m}") for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+                        for i in range(self.n_layer)]
+        self.head = Int8Linear(head_w, None) if quantize == "int8" else Fp32Linear(head_w.T, None)
         self._device = device
 
     @property
     def device(self):
         return self._device
+
+    def full_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> logits [B, T, V] over the whole vocabulary at every position (scoring, not decoding).
+        Rows may be right-padded: causal attention never lets a real token see the padding after it."""
+        B, T = ids.shape
+        k = torch.empty((self.n_layer, B, self.n_head, T, self.d // self.n_head), dtype=self.dtype, device=self.device)
+        x = KVCache(self, [k], [torch.empty_like(k)], [0]).hidden(ids.to(self.device))
+        return _layer_norm(x, self.ln_f, self.eps) @ self.full_head.T
 
     def start(self, prompts: torch.Tensor | list[list[int]], new_tokens: int) -> tuple["KVCache", torch.Tensor]:
         """Prefill prompts -> (cache with room for new_tokens more per row, logits [B, V']).
@@ -377,7 +395,13 @@ class KVCache:
         return self.forward(tokens.to(self.k[0].device)[:, None])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        net, tr = self.net, self.net.tr
+        """ids [R, T] appended to the cache -> logits [R, V'] for the next position after the last."""
+        x = self.hidden(ids)
+        return self.net.head(_layer_norm(x[:, -1], self.net.ln_f, self.net.eps))  # (R, V'): the last position only
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [R, T] appended to the cache -> the last block's output [R, T, d] (before the final layer norm)."""
+        net = self.net
         R, T = ids.shape
         # Causal masking by is_causal is only right when the queries start at position 0 (the prefill).
         assert T == 1 or self.filled == [0], "multi-token steps only for the prefill of one group"
@@ -385,12 +409,12 @@ class KVCache:
         sizes = [k.shape[1] for k in self.k]
         if len(sizes) == 1:
             p0 = self.filled[0]
-            x = tr.wte.weight[ids] + tr.wpe.weight[p0:p0 + T]  # (R, T, d)
+            x = net.wte[ids] + net.wpe[p0:p0 + T]  # (R, T, d)
         else:  # one new token per row, each group at its own position
             pos = torch.cat([torch.full((n,), f, device=ids.device) for n, f in zip(sizes, self.filled)])
-            x = tr.wte.weight[ids] + tr.wpe.weight[pos][:, None]  # (R, 1, d)
-        for i, (block, (c_attn, c_proj, c_fc, fc_proj)) in enumerate(zip(tr.h, net.linears)):
-            h = _layer_norm(x, block.ln_1)
+            x = net.wte[ids] + net.wpe[pos][:, None]  # (R, 1, d)
+        for i, ((ln_1, ln_2), (c_attn, c_proj, c_fc, fc_proj)) in enumerate(zip(net.ln, net.linears)):
+            h = _layer_norm(x, ln_1, net.eps)
             qkv = c_attn(h)  # (R, T, 3d): the matmuls take all rows at once
             q, k, v = (t.view(R, T, nh, hd).transpose(1, 2) for t in qkv.split(net.d, dim=2))  # (R, nh, T, hd)
             outs, a = [], 0
@@ -403,15 +427,14 @@ class KVCache:
                 a += n
             att = torch.cat(outs) if len(outs) > 1 else outs[0]
             x = x + c_proj(att.transpose(1, 2).reshape(R, T, net.d))
-            h = _layer_norm(x, block.ln_2)
+            h = _layer_norm(x, ln_2, net.eps)
             x = x + fc_proj(net.act(c_fc(h)))
         self.filled = [f + T for f in self.filled]
-        h = _layer_norm(x[:, -1], tr.ln_f)  # (R, d): only the last position is ever needed
-        return net.head(h)  # (R, V')
+        return x
 
 
-def _layer_norm(x, ln):
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+def _layer_norm(x, ln: tuple[torch.Tensor, torch.Tensor], eps: float):
+    return F.layer_norm(x, x.shape[-1:], ln[0], ln[1], eps)
 
 
 class Recompute:

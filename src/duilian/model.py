@@ -3,6 +3,10 @@ checkpoint is interchangeable with the seed's `uer/gpt2-chinese-couplet`.
 
 `base` is the seed's configuration exactly; the smaller presets are for CPU work, tests and the
 shippable default model.
+
+Decoding needs no transformers: `GPT2Weights.from_dir` reads config.json and the safetensors straight
+into tensors for decode.LeanGPT2 (importing transformers costs seconds). transformers is imported only
+where a GPT2LMHeadModel is built: training, export, conversion, and the tests' references.
 """
 
 from __future__ import annotations
@@ -10,11 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from .tokenizer import default_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config, GPT2LMHeadModel
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def gpt2_config(preset: str | Preset, dropout: float = 0.1) -> GPT2Config:
+def gpt2_config(preset: str | Preset, dropout: float = 0.1) -> "GPT2Config":
     """The transformers config for a preset, with this vocabulary's special-token ids."""
+    from transformers import GPT2Config
+
     p = PRESETS[preset] if isinstance(preset, str) else preset
     tok = default_tokenizer()
     return GPT2Config(
@@ -71,10 +80,12 @@ def gpt2_config(preset: str | Preset, dropout: float = 0.1) -> GPT2Config:
     )
 
 
-def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = None) -> GPT2LMHeadModel:
+def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = None) -> "GPT2LMHeadModel":
     """A freshly initialised GPT2LMHeadModel (GPT-2's own init). `seed` makes the init reproducible."""
     if seed is not None:
         torch.manual_seed(seed)
+    from transformers import GPT2LMHeadModel
+
     config = gpt2_config(preset, dropout)
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
@@ -122,7 +133,7 @@ def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
     return {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
 
 
-def init_from_model_dir(model: GPT2LMHeadModel, model_dir: str | Path, tokens: list[str] | tuple[str, ...]) -> dict:
+def init_from_model_dir(model: "GPT2LMHeadModel", model_dir: str | Path, tokens: list[str] | tuple[str, ...]) -> dict:
     """Copy a HuggingFace GPT-2 directory's weights into `model` (same shape), matching the token
     embedding's rows by token: `tokens` is `model`'s vocabulary, the directory's vocab.txt the source's.
 
@@ -161,8 +172,49 @@ def init_from_model_dir(model: GPT2LMHeadModel, model_dir: str | Path, tokens: l
     return {"matched": matched, "new": len(tokens) - matched}
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> GPT2LMHeadModel:
-    """Any HuggingFace GPT-2 directory: a duilian export or a copy of the seed's model."""
+@dataclass
+class GPT2Weights:
+    """A GPT-2 as decoding needs it: config.json's fields and the tensors under GPT2LMHeadModel's names
+    (`transformer.wte.weight`, ...; `lm_head.weight` only when it is not tied to the embedding)."""
+
+    config: dict
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "GPT2Weights":
+        """Any HuggingFace GPT-2 directory (a duilian export, the seed's model), without transformers."""
+        config = read_hf_config(model_dir)
+        tensors = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                   for k, v in read_hf_weights(model_dir).items()}
+        if config.get("tie_word_embeddings", True):
+            tensors.pop("lm_head.weight", None)
+        return cls(config, tensors)
+
+    @classmethod
+    def of(cls, model: "GPT2LMHeadModel") -> "GPT2Weights":
+        """The weights of a loaded GPT2LMHeadModel, shared (not copied)."""
+        tensors = {k: v.detach() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)
+        return cls(model.config.to_dict(), tensors)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors["transformer.wte.weight"].device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tensors["transformer.wte.weight"].shape[0]
+
+    @property
+    def n_positions(self) -> int:
+        return self.tensors["transformer.wpe.weight"].shape[0]
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "GPT2LMHeadModel":
+    """Any HuggingFace GPT-2 directory as a transformers model: a duilian export or a copy of the seed's."""
+    from transformers import GPT2LMHeadModel
+
     model = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype) if _has_dtype_kwarg() else \
         GPT2LMHeadModel.from_pretrained(str(model_dir), torch_dtype=dtype)
     return model.to(device).eval()

@@ -8,14 +8,18 @@ reading at all has no tone class (None) and passes every tone rule.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from pypinyin import Style, pinyin
+# pypinyin's single-character table (code point -> "zǐ,zi"), most common reading first. Read directly:
+# `pypinyin.pinyin` would also load its 0.3 s phrase dictionary, which single characters never use.
+from pypinyin.pinyin_dict import pinyin_dict
 
 from .text import PUNCTUATION, clauses, is_han
 
 LEVEL, OBLIQUE = "平", "仄"
+_TONE_MARKS = {"\u0304": LEVEL, "\u0301": LEVEL, "\u030c": OBLIQUE, "\u0300": OBLIQUE}  # ā á ǎ à (combining)
 
 
 @lru_cache(maxsize=None)
@@ -25,10 +29,10 @@ def tone_of(ch: str) -> str | None:
     couplet's tones are those of the character's full readings."""
     if not is_han(ch):
         return None
-    readings = pinyin(ch, style=Style.FINALS_TONE3, heteronym=True, neutral_tone_with_five=True, errors="ignore")
-    for reading in readings[0] if readings else []:
-        if reading and reading[-1] in "1234":
-            return LEVEL if reading[-1] in "12" else OBLIQUE
+    for reading in pinyin_dict.get(ord(ch), "").split(","):
+        for mark in unicodedata.normalize("NFD", reading):  # the tone is a combining mark over a vowel (or n, m)
+            if mark in _TONE_MARKS:
+                return _TONE_MARKS[mark]
     return None
 
 

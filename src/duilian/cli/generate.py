@@ -98,13 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load(args):
-    """The model for --model/--device, without transformers' weight-loading progress bar (our errors are
-    one line on standard error)."""
-    from transformers.utils import logging
-
+    """The model for --model/--device (read without transformers: no progress bar, a fast start)."""
     from .. import api
 
-    logging.disable_progress_bar()
     return api.load(args.model, **model_kwargs(args))
 
 

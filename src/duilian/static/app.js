@@ -1,5 +1,6 @@
-// The duilian page: sends the form to the JSON API and shows the answers.
-// Every piece of text from the server or the user goes in with textContent, never innerHTML.
+// The duilian page: sends the form to the JSON API, shows the answers, and hangs the chosen couplet
+// (drawn by static/hanging.js, which loads first). Every piece of text from the server or the user goes in
+// with textContent, never innerHTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -49,28 +50,124 @@ function scoreText(item) {
   return typeof item.score === "number" ? "score " + item.score.toFixed(2) : "";
 }
 
-// One card per item: its lines of text, its score and its form checks (all set as textContent).
-function showCards(items, cls, linesOf, status) {
+// One card per item: its lines of text, its score and its form checks (all set as textContent). A line is
+// [class, text or node]. Each card is an option of the #results listbox: choosing one hangs it.
+function showCards(items, cls, linesOf, status, coupletOf) {
   const results = $("results");
   results.replaceChildren();
-  for (const item of items) {
+  items.forEach((item, i) => {
     const li = el("li", cls);
-    for (const [lineClass, text] of linesOf(item)) li.append(el("div", lineClass, text));
+    li.setAttribute("role", "option");
+    li.setAttribute("aria-selected", String(i === 0));
+    li.tabIndex = 0;
+    for (const [lineClass, content] of linesOf(item)) {
+      const line = el("div", lineClass);
+      line.append(content);
+      li.append(line);
+    }
     li.append(el("div", "score", scoreText(item)));
     li.append(checkList(item.checks));
+    li.addEventListener("click", () => choose(i));
+    li.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        choose(i);
+      }
+    });
     results.append(li);
-  }
+  });
   $("status").textContent = status;
+  hanging.couplets = items.map(coupletOf);
+  if (items.length) choose(0, false);
+}
+
+// The 上联 with the characters the model does not know (the API's "unknown") underlined, each with a title.
+function markUnknown(text, unknown) {
+  const line = document.createDocumentFragment();
+  for (const ch of text) {
+    if (unknown.has(ch)) {
+      const mark = el("span", "unknown", ch);
+      mark.title = "模型不认识“" + ch + "” (the model does not know this character)";
+      line.append(mark);
+    } else {
+      line.append(ch);
+    }
+  }
+  return line;
 }
 
 function showCandidates(data) {
-  showCards(data.candidates, "candidate", (c) => [["upper-line", data.upper], ["text", c.text]],
-            data.candidates.length + " 条下联");
+  const unknown = new Set(Array.isArray(data.unknown) ? data.unknown.filter((ch) => typeof ch === "string") : []);
+  const note = unknown.size ? " · 模型不认识：" + [...unknown].join("") : "";
+  showCards(data.candidates, "candidate", (c) => [["upper-line", markUnknown(data.upper, unknown)], ["text", c.text]],
+            data.candidates.length + " 条下联" + note, (c) => ({ upper: data.upper, lower: c.text, hengpi: c.hengpi }));
 }
 
 function showAcrostic(data) {
   showCards(data.couplets, "candidate acrostic", (p) => [["text", p.upper], ["text", p.lower]],
-            data.couplets.length + " 副藏头联");
+            data.couplets.length + " 副藏头联", (p) => ({ upper: p.upper, lower: p.lower, hengpi: p.hengpi }));
+}
+
+// --- the couplet as it hangs (static/hanging.js draws it) --------------------------------------------
+// couplets: {upper, lower, hengpi: [{text, score}] or absent}, one per card; index: the chosen card;
+// hengpiIndex: the chosen 横批 of that card; svg: the markup drawn now (what the downloads save).
+const hanging = { couplets: [], index: 0, hengpiIndex: 0, svg: "" };
+
+function offeredHengpi(couplet) {
+  return Array.isArray(couplet.hengpi) ? couplet.hengpi.filter((h) => h && typeof h.text === "string" && h.text) : [];
+}
+
+function choose(index, scroll = true) {
+  hanging.index = index;
+  hanging.hengpiIndex = 0;
+  [...$("results").children].forEach((li, i) => li.setAttribute("aria-selected", String(i === index)));
+  drawHanging();
+  const figure = $("hanging");
+  if (scroll && figure.getBoundingClientRect().top < 0) figure.scrollIntoView({ block: "nearest" });
+}
+
+function drawHanging() {
+  const couplet = hanging.couplets[hanging.index];
+  const offered = offeredHengpi(couplet);
+  const chosen = offered.length ? Math.min(hanging.hengpiIndex, offered.length - 1) : -1;
+  const choices = $("hengpi-choices");
+  choices.replaceChildren();
+  choices.hidden = !offered.length;
+  if (offered.length) choices.append(el("span", "label", "横批"));
+  offered.forEach((h, i) => {
+    const button = el("button", "hengpi", h.text);
+    button.type = "button";
+    button.setAttribute("aria-pressed", String(i === chosen));
+    button.title = scoreText(h);
+    button.addEventListener("click", () => {
+      hanging.hengpiIndex = i;
+      drawHanging();
+    });
+    choices.append(button);
+  });
+  hanging.svg = Hanging.coupletSvg(couplet.upper, couplet.lower, chosen >= 0 ? offered[chosen].text : null);
+  $("picture").replaceChildren(Hanging.svgElement(hanging.svg));
+  $("hanging").hidden = false;
+}
+
+function hideHanging() {
+  $("hanging").hidden = true;
+  $("picture").replaceChildren();
+  hanging.couplets = [];
+  hanging.svg = "";
+}
+
+function downloadName(ext) {
+  const couplet = hanging.couplets[hanging.index];
+  return "duilian-" + couplet.upper.replace(/[，。？！；：、]/g, "") + "." + ext;
+}
+
+async function downloadPng() {
+  try {
+    Hanging.download(await Hanging.pngBlob(hanging.svg), downloadName("png"));
+  } catch (err) {
+    showError("PNG 没做成: " + err.message);
+  }
 }
 
 function options() {
@@ -90,22 +187,41 @@ function showError(message) {
   box.hidden = false;
 }
 
+// Servers from before the 横批 answer {"hengpi": true} with 422 "unknown option 'hengpi'": the page then asks
+// again without it, and stops asking.
+let serverTakesHengpi = true;
+
+async function requestJson(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await response.json(); } catch (_) { /* not JSON: reported below */ }
+  if (!response.ok) {
+    const err = new Error(data && data.error ? data.error : "HTTP " + response.status);
+    err.status = response.status;
+    throw err;
+  }
+  return data;
+}
+
 async function post(path, body, show, button) {
   $("error").hidden = true;
   $("results").replaceChildren();
+  hideHanging();
   $("status").textContent = "正在对……";
   button.disabled = true;
   try {
-    const response = await fetch(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
-    let data = null;
-    try { data = await response.json(); } catch (_) { /* not JSON: reported below */ }
-    if (!response.ok) {
-      const reason = data && data.error ? data.error : "HTTP " + response.status;
-      throw new Error(reason);
+    let data;
+    try {
+      data = await requestJson(path, body);
+    } catch (err) {
+      if (!(body.hengpi && err.status === 422 && err.message.includes("'hengpi'"))) throw err;
+      serverTakesHengpi = false;
+      const { hengpi: _, ...rest } = body;
+      data = await requestJson(path, rest);
     }
     show(data);
   } catch (err) {
@@ -124,6 +240,7 @@ function selectMode(mode) {
   $("form-acrostic").hidden = !acrostic;
   $("error").hidden = true;
   $("results").replaceChildren();
+  hideHanging();
   $("status").textContent = "";
 }
 
@@ -132,11 +249,17 @@ document.addEventListener("DOMContentLoaded", () => {
   $("tab-acrostic").addEventListener("click", () => selectMode("acrostic"));
   $("form-couplet").addEventListener("submit", (event) => {
     event.preventDefault();
-    post("/v1/couplets", { upper: $("upper").value, ...options() }, showCandidates, $("go"));
+    const body = { upper: $("upper").value, ...options() };
+    if (serverTakesHengpi) body.hengpi = true;
+    post("/v1/couplets", body, showCandidates, $("go"));
   });
   $("form-acrostic").addEventListener("submit", (event) => {
     event.preventDefault();
     const body = { heads: $("heads").value, length: parseInt($("length").value, 10), ...options() };
     post("/v1/acrostic", body, showAcrostic, $("go-acrostic"));
   });
+  $("download-svg").addEventListener("click", () => {
+    Hanging.download(new Blob([hanging.svg], { type: "image/svg+xml" }), downloadName("svg"));
+  });
+  $("download-png").addEventListener("click", downloadPng);
 });

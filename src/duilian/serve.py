@@ -9,7 +9,15 @@
              and runs one `Couplets.complete_batch` per group in a single worker thread, so the event loop keeps accepting requests while the
              model works. The API promises batch independence, so a request
              with a seed gets the same answer alone or batched.
-    encode   candidates become JSON with their scores and form checks (`Candidate.to_dict`).
+             A job whose client disconnects before its answer is withdrawn (never decoded if it has not
+             started), and one request may ask for at most MAX_DECODE_WORK characters of decoding.
+    encode   candidates become JSON with their scores and form checks (`Candidate.to_dict`); a candidate
+             with a score that is not finite is left out, and the response refuses to write NaN or
+             infinity rather than send `null` beside `valid: true`.
+
+Connections are bounded too (`uvicorn_config`, which `duilian serve` runs): a client has READ_TIMEOUT_S to
+send a request's headers and again its body (then 408 and the connection closes), at most MAX_CONNECTIONS
+are open at once (more get a 503 and are closed), and idle keep-alive connections close after KEEP_ALIVE_S.
 
 Everything the server sends is same-origin: the page, its script and style and the /docs page live in
 duilian/static/, and a Content-Security-Policy forbids the browser from fetching anything else.
@@ -22,9 +30,11 @@ import collections
 import contextlib
 import concurrent.futures
 import json
+import math
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Awaitable, Callable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,18 +43,31 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han
+from .api import ACROSTIC_LOWERS
+from .decode import GREEDY_BELOW, MAX_TEMPERATURE  # the decoder's own temperature range: one source of truth
+from .text import MAX_CHARS, CoupletInputError, is_han, normalize
 
 # --- limits -----------------------------------------------------------------------------------------
 MAX_UPPER_CHARS = MAX_CHARS  # longest 上联 served; a model may allow fewer (`Couplets.max_chars`)
 MAX_N = 10  # candidates per request
 MAX_BODY_BYTES = 4 * 1024  # a 32-character 上联 with every option is well under 1 KB
+MAX_DECODE_WORK = 640
+"""Most characters one request may have written: rows x positions, n x the 上联's length for a couplet and
+n x length x (1 + api.ACROSTIC_LOWERS) for a 藏头 couplet (n 上联, then ACROSTIC_LOWERS 下联 for each). Every
+couplet request fits (MAX_N x MAX_CHARS = 320); a 藏头 couplet of 16 characters may ask for 10, one of 32 for
+5. 640 is about half a second of the default model on the project's 2-core CPU (the 1,280 of a 32-character
+藏头 couplet x 10, a whole second, is refused)."""
 REQUEST_TIMEOUT_S = 30.0  # from arrival to answer, queueing included; then 504
 MAX_QUEUE = 1024  # requests waiting for the model; beyond this, 503 at once rather than a slow 504
-MAX_TEMPERATURE = 5.0
 MAX_TOP_K = 1000
 MAX_SEED = 2**63 - 1
 MIN_ACROSTIC_LENGTH, MAX_ACROSTIC_LENGTH = 2, MAX_CHARS  # characters per line of a 藏头 couplet, as the API allows
+
+# --- connection limits (uvicorn_config) -------------------------------------------------------------
+READ_TIMEOUT_S = 10.0  # to send a request's headers (from connecting, or its first byte), and again its body; then 408
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds (uvicorn's default)
+MAX_CONNECTIONS = 512  # open at once (a file descriptor each); more are answered 503 and closed
+MAX_HEADER_BYTES = 16 * 1024  # request line and headers (h11's default); more is a 431 and the connection closes
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -78,6 +101,11 @@ class ServeConfig:
     """Seconds a request may wait for its answer, queueing included, before a 504."""
     max_queue: int = MAX_QUEUE
     """Requests that may wait for the model at once; more get a 503."""
+    read_timeout_s: float = READ_TIMEOUT_S
+    """Seconds a client has to send a request's headers, and then again its body, before a 408 and a closed
+    connection (a slow or stalled client would otherwise hold its connection for ever)."""
+    max_connections: int = MAX_CONNECTIONS
+    """Connections open at once; a connection beyond them gets a 503 and is closed."""
     device: str = "cpu"
     """torch device for the model when `create_app` loads it from a directory."""
     quantize: str | None = None
@@ -93,18 +121,25 @@ class ServeConfig:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if not self.read_timeout_s > 0:
+            raise ValueError(f"read_timeout_s must be > 0, got {self.read_timeout_s}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
 
 
 # --- request bodies (decode) ------------------------------------------------------------------------
 class DecodeOptions(BaseModel):
     """Options shared by both endpoints; they are passed to the decoder unchanged."""
 
-    # strict: "5" is not 5 and 1 is not true; forbid: a misspelt option is an error, not silently ignored.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # strict: "5" is not 5 and 1 is not true; forbid: a misspelt option is an error, not silently ignored;
+    # no NaN or infinity (Python's JSON reader accepts them).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     n: int = Field(5, ge=1, le=MAX_N, description=f"number of candidates, 1 to {MAX_N}")
     method: Literal["sample", "beam"] = Field("sample", description="sampling, or beam search (deterministic)")
-    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE, description="sampling temperature")
+    temperature: float = Field(1.0, ge=0, le=MAX_TEMPERATURE,
+                               description=f"sampling temperature, 0 to {MAX_TEMPERATURE:g}; below {GREEDY_BELOW:g} "
+                                           "(0 included) greedy: one candidate")
     top_k: int = Field(0, ge=0, le=MAX_TOP_K, description="keep the k most likely characters; 0: all")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1: off")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same answer (alone or batched)")
@@ -174,7 +209,17 @@ class MicroBatcher:
             self._arrived = asyncio.Event()
             self._task = loop.create_task(self._worker(), name="duilian-batcher")
 
-    async def submit(self, key: tuple, item: Any, timeout_s: float) -> Any:
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the model (not yet in a model call)."""
+        return len(self._queue) if self._executor is not None else 0
+
+    async def submit(self, key: tuple, item: Any, timeout_s: float,
+                     client_gone: Callable[[], Awaitable[None]] | None = None) -> Any:
+        """The result `run_group` gives for `item`. ServiceError 503 when `max_queue` requests are waiting,
+        504 after `timeout_s`, and 499 once `client_gone()` (an awaitable that finishes when the client has
+        disconnected) finishes first. A job that is not answered is withdrawn: never run if it has not
+        started, its result dropped if it has (a model call is never interrupted)."""
         self._ensure_running()
         if len(self._queue) >= self.max_queue:
             raise ServiceError(503, f"the server is busy ({self.max_queue} requests waiting); try again shortly")
@@ -182,12 +227,24 @@ class MicroBatcher:
         self._queue.append(job)
         self._last_arrival = self._loop.time()
         self._arrived.set()
+        watcher = asyncio.ensure_future(client_gone()) if client_gone is not None else None
         try:
-            return await asyncio.wait_for(job.future, timeout_s)
-        except asyncio.TimeoutError:
-            # wait_for cancelled the future: the worker skips it if it has not started, and drops the
-            # result if it has.
-            raise ServiceError(504, f"no answer within {timeout_s:g} s; the server is overloaded, try again") from None
+            done, _ = await asyncio.wait([job.future] if watcher is None else [job.future, watcher],
+                                         timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this request itself is cancelled
+            if watcher is not None:
+                watcher.cancel()
+                if watcher.done() and not watcher.cancelled():
+                    watcher.exception()  # retrieved: whatever it was, the client is treated as gone
+            if not job.future.done():
+                job.future.cancel()  # the worker skips a cancelled job, and drops its result if it is running
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(job)  # so that it no longer counts against max_queue
+        if not job.future.cancelled():
+            return job.future.result()  # the answer, or the exception run_group gave for this item
+        if watcher in done:
+            raise ServiceError(499, "the client closed the connection before its answer")
+        raise ServiceError(504, f"no answer within {timeout_s:g} s; the server is overloaded, try again")
 
     async def _collect(self) -> list[_Job]:
         """Wait for one job, then gather others until `max_batch` is reached, or no job has arrived for
@@ -313,27 +370,34 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     app.state.couplets, app.state.batcher, app.state.config = couplets, batcher, config
     _add_error_handlers(app)
 
-    @app.post("/v1/couplets", summary="下联 candidates for a 上联, best first, with their form checks")
-    async def couplets_endpoint(req: CoupletRequest) -> dict:
+    # StrictJSONResponse: without a response class FastAPI writes the dict with pydantic, NaN as null.
+    @app.post("/v1/couplets", response_class=StrictJSONResponse,
+              summary="下联 candidates for a 上联, best first, with their form checks")
+    async def couplets_endpoint(req: CoupletRequest, request: Request) -> dict:
         # decode
         upper = couplets.clean(req.upper)  # CoupletInputError (422) says what is wrong
         options = req.decoder_kwargs()
+        check_work(options["n"] * len(upper))
         # predict: requests with equal options share a complete_batch call. The seed is not one of them:
         # complete_batch takes one seed per 上联 (the decoder seeds each row by itself).
         seed = options.pop("seed")
         key = ("complete", *sorted(options.items()))
-        candidates = await batcher.submit(key, (upper, seed), config.request_timeout_s)
+        candidates = await batcher.submit(key, (upper, seed), config.request_timeout_s,
+                                          client_gone=lambda: _client_gone(request))
         # encode
-        return {"upper": upper, "candidates": [c.to_dict() for c in candidates]}
+        return {"upper": upper, "candidates": encode(candidates)}
 
-    @app.post("/v1/acrostic", summary="藏头 couplets: the two heads open the 上联 and the 下联")
-    async def acrostic_endpoint(req: AcrosticRequest) -> dict:
+    @app.post("/v1/acrostic", response_class=StrictJSONResponse,
+              summary="藏头 couplets: the two heads open the 上联 and the 下联")
+    async def acrostic_endpoint(req: AcrosticRequest, request: Request) -> dict:
         # The text-level check here answers before queueing; `Couplets.acrostic` itself checks that the
-        # heads differ and are in the vocabulary, and the length against the model's `max_chars`.
+        # heads are in the vocabulary, and the length against the model's `max_chars`.
         heads = clean_heads(req.heads)
+        check_work(req.n * req.length * (1 + ACROSTIC_LOWERS))
         key = ("acrostic", *sorted(req.decoder_kwargs().items()))
-        couplets_out = await batcher.submit(key, (heads, req.length), config.request_timeout_s)
-        return {"heads": heads, "length": req.length, "couplets": [c.to_dict() for c in couplets_out]}
+        couplets_out = await batcher.submit(key, (heads, req.length), config.request_timeout_s,
+                                            client_gone=lambda: _client_gone(request))
+        return {"heads": heads, "length": req.length, "couplets": encode(couplets_out)}
 
     @app.get("/healthz", summary="liveness, limits and batching counters")
     async def healthz() -> dict:
@@ -342,31 +406,77 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
             "max_chars": max_chars,
             "max_n": MAX_N,
             "max_batch": config.max_batch,
+            "queued": batcher.waiting,
             "batches_run": batcher.batches_run,
             "requests_run": batcher.requests_run,
             "recent_batch_sizes": list(batcher.recent_sizes),
         }
 
-    @app.get("/", include_in_schema=False)
+    # HEAD as well as GET (link checkers, uptime probes); StaticFiles answers both by itself.
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
-    @app.get("/docs", include_in_schema=False)
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
     async def docs() -> FileResponse:
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(_Hardening, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(_Hardening, max_bytes=MAX_BODY_BYTES, read_timeout_s=config.read_timeout_s)
     return app
 
 
 def clean_heads(text: str) -> str:
-    """The two 藏头 characters, normalised; CoupletInputError with a reason otherwise. (The API has no
-    public check for heads alone: `Couplets.acrostic` checks them only when it decodes.)"""
-    heads = clean_upper(text, max_chars=2)
-    if len(heads) != 2 or not all(is_han(ch) for ch in heads):
-        raise CoupletInputError(f"藏头 needs exactly two Chinese characters, got {heads!r}")
+    """The two 藏头 heads, normalised; CoupletInputError with a reason otherwise. (The API has no public
+    check for heads alone: `Couplets.acrostic` checks them only when it decodes. `clean_upper` is not used:
+    its reasons speak of a 上联 the client never sent.)"""
+    heads = normalize(text)
+    if not heads:
+        raise CoupletInputError("the 藏头 heads are empty: send two Chinese characters, e.g. 春福")
+    other = "".join(dict.fromkeys(ch for ch in heads if not is_han(ch)))
+    if other:
+        raise CoupletInputError(f"the 藏头 heads must be two Chinese characters; found {other[:20]!r}")
+    if len(heads) != 2:
+        raise CoupletInputError(f"the 藏头 heads must be exactly two Chinese characters, got {len(heads)}: {heads}")
+    if heads[0] == heads[1]:
+        raise CoupletInputError(f"the two 藏头 heads must differ, got {heads}")
     return heads
+
+
+def check_work(work: int) -> None:
+    """ServiceError 422 when a request asks for more than MAX_DECODE_WORK characters of decoding."""
+    if work > MAX_DECODE_WORK:
+        raise ServiceError(422, f"this request asks for {work} characters of decoding (n x length, and x "
+                                f"{1 + ACROSTIC_LOWERS} for a 藏头 couplet); the limit is {MAX_DECODE_WORK}: "
+                                "ask for fewer candidates or shorter lines")
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns once the client has disconnected. The body has been read by then, so the next ASGI message
+    is the disconnect (uvicorn sends it when the connection closes; test clients once the response is done)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# --- encode -----------------------------------------------------------------------------------------
+def encode(entries: list) -> list[dict]:
+    """Candidates or 藏头 couplets as JSON objects, best first, leaving out any with a number that is not
+    finite. The decoder never returns one (decode._collect drops such rows); this keeps a regression from
+    reaching a client as an answer marked valid with no score."""
+    out = []
+    for entry in entries:
+        d = entry.to_dict()
+        if all(math.isfinite(v) for v in d.values() if isinstance(v, float)):
+            out.append(d)
+    return out
+
+
+class StrictJSONResponse(JSONResponse):
+    """JSON that refuses NaN and infinities (ValueError, so the client gets a 500) instead of writing them:
+    JSON has no such numbers, and `null` in their place once read as a score beside `valid: true`."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 # --- errors: always JSON {"error": reason} ----------------------------------------------------------
@@ -374,12 +484,19 @@ def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
+def _is_json(content_type: str) -> bool:
+    """application/json or application/<anything>+json, parameters ignored (what FastAPI parses as JSON)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _validation_reason(request: Request, exc: RequestValidationError) -> tuple[int, str]:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return 400, "the body is not valid JSON"
+    # FastAPI reads only a JSON media type as JSON; any other body ends up here as bytes.
     content_type = request.headers.get("content-type", "")
-    if request.method == "POST" and "json" not in content_type:
+    if request.method == "POST" and not _is_json(content_type):
         return 415, f"send the body as JSON with Content-Type: application/json (got {content_type or 'none'!r})"
     reasons = []
     for e in errors:
@@ -418,11 +535,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class _Hardening:
-    """ASGI wrapper: refuses bodies over `max_bytes` with 413 before anything parses them (whether or not
-    a Content-Length was sent), and adds SECURITY_HEADERS to every response."""
+    """ASGI wrapper: reads the whole (small) body before anything parses it, refusing one over `max_bytes`
+    with 413 (whether or not a Content-Length was sent) and one that has not all arrived `read_timeout_s`
+    after the headers with 408; adds SECURITY_HEADERS to every response."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, read_timeout_s: float):
+        self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -435,18 +553,24 @@ class _Hardening:
 
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send_with_headers)
-        # Read the whole (small) body now, then replay it to the app.
+            return await _refuse(send_with_headers, 413, f"the request body is larger than {self.max_bytes} bytes")
+        # Read the whole body now, then replay it to the app.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout_s  # the headers are in: the body has this long
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return await _refuse(send_with_headers, 408,
+                                     f"the request body did not arrive within {self.read_timeout_s:g} s")
             if message["type"] != "http.request":
                 return  # client went away
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
-                return await self._too_large(send_with_headers)
+                return await _refuse(send_with_headers, 413, f"the request body is larger than {self.max_bytes} bytes")
         body, replayed = b"".join(chunks), False
 
         async def replay():
@@ -458,9 +582,120 @@ class _Hardening:
 
         await self.app(scope, replay, send_with_headers)
 
-    async def _too_large(self, send):
-        body = json.dumps({"error": f"the request body is larger than {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+
+def _error_body(reason: str) -> bytes:
+    return json.dumps({"error": reason}, ensure_ascii=False).encode()
+
+
+async def _refuse(send, status: int, reason: str) -> None:
+    """An error response that also closes the connection (the rest of the request is never read)."""
+    body = _error_body(reason)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- connections: uvicorn, with bounded reads and a connection cap ----------------------------------
+def uvicorn_config(app: FastAPI, http: str = "auto", log_level: str = "info"):
+    """The uvicorn.Config that serves `app` (from create_app) on its ServeConfig's host and port, with its
+    connection limits: `read_timeout_s` for a request's headers (http_protocol) and body (_Hardening),
+    `max_connections`, KEEP_ALIVE_S and MAX_HEADER_BYTES. `http`: uvicorn's HTTP implementation ("auto":
+    httptools when installed, else h11).
+
+    uvicorn's own `limit_concurrency` is not used: it answers 503 only once a request's headers have
+    arrived, so connections that never finish them would still pile up."""
+    import uvicorn
+
+    config: ServeConfig = app.state.config
+    return uvicorn.Config(app, host=config.host, port=config.port, http=http_protocol(config, http),
+                          timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          log_level=log_level)
+
+
+def http_protocol(config: ServeConfig, http: str = "auto") -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class `http` ("auto", "h11", "httptools") with _BoundedReads mixed in."""
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    base = import_from_string(HTTP_PROTOCOLS[http])
+    return type(f"Bounded{base.__name__}", (_BoundedReads, base),
+                {"read_timeout_s": config.read_timeout_s, "max_connections": config.max_connections})
+
+
+class _BoundedReads:
+    """Mixed into a uvicorn HTTP protocol (one instance per connection). uvicorn bounds only the idle time
+    between requests (timeout_keep_alive); here also:
+
+    - a connection beyond `max_connections` is answered 503 and closed at once;
+    - a request's headers must be complete within `read_timeout_s` of the connection opening (first request)
+      or of their first byte (later requests on a keep-alive connection), else 408 and the connection closes.
+      The clock is not reset by data, so a client that trickles a byte at a time is cut off too;
+    - headers larger than MAX_HEADER_BYTES get a 431 (httptools, unlike h11, has no limit of its own).
+
+    Once the headers are in, the app runs and _Hardening bounds the body. Both uvicorn implementations keep
+    the current request in `self.cycle` (a new object when a request's headers are complete) and have
+    `response_complete` on it; that is all this relies on."""
+
+    read_timeout_s: float
+    max_connections: int
+    _refused = False
+    _timer: asyncio.TimerHandle | None = None
+    _cycle_seen: Any = None  # the request whose headers were last seen complete
+    _header_bytes = 0
+
+    def connection_made(self, transport) -> None:
+        if len(self.connections) >= self.max_connections:
+            self._refused = True
+            transport.write(_raw_response(503, f"the server has {self.max_connections} connections open; "
+                                               "try again shortly"))
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+        if self.cycle is not self._cycle_seen:  # a request's headers are complete: the app bounds the body
+            self._cycle_seen, self._header_bytes = self.cycle, 0
+            self._disarm()
+        elif (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            # Between requests: these bytes are the start of the next request's headers. (Bytes that come
+            # while a request is being answered wait in the parser; the keep-alive timer covers them.)
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._close_with(431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+            elif self._timer is None:
+                self._arm()
+
+    def _arm(self) -> None:
+        self._timer = self.loop.call_later(self.read_timeout_s, self._close_with, 408,
+                                           f"the request headers did not arrive within {self.read_timeout_s:g} s")
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close_with(self, status: int, reason: str) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self.transport.write(_raw_response(status, reason))
+            self.transport.close()
+
+
+def _raw_response(status: int, reason: str) -> bytes:
+    """A whole HTTP/1.1 error response, for the protocol layer (no request, so no app to answer it)."""
+    body = _error_body(reason)
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode(), b"content-type: application/json",
+            f"content-length: {len(body)}".encode(), b"connection: close",
+            *(name + b": " + value for name, value in SECURITY_HEADERS)]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body

@@ -13,7 +13,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     # which model: --model, --device, --int8
     add_model_options(parser)
-    # batching and limits
+    # batching and limits (defaults of None: the serve module's constants, named in each help)
     parser.add_argument("--max-batch", type=int, default=32,
                         help="most requests decoded together in one model call (default 32; 1 turns batching off)")
     parser.add_argument("--batch-wait-ms", type=float, default=50.0,
@@ -22,6 +22,23 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="close a batch early once no request has come for this many milliseconds (default 5)")
     parser.add_argument("--timeout-s", type=float, default=None,
                         help="seconds a request may wait for its answer before a 504 (default: serve.REQUEST_TIMEOUT_S)")
+    # connections
+    parser.add_argument("--read-timeout-s", type=float, default=None,
+                        help="seconds a client has to send a request's headers, and again its body, before a 408 "
+                             "and a closed connection (default: serve.READ_TIMEOUT_S)")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="connections open at once; more get a 503 and are closed (default: serve.MAX_CONNECTIONS)")
+
+
+def server_config(args: argparse.Namespace):
+    """The serve.ServeConfig the flags ask for (ValueError for values it refuses)."""
+    from ..serve import ServeConfig
+
+    optional = {"request_timeout_s": args.timeout_s, "read_timeout_s": args.read_timeout_s,
+                "max_connections": args.max_connections}  # None: the ServeConfig default
+    return ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                       batch_gap_ms=args.batch_gap_ms, **model_kwargs(args),
+                       **{k: v for k, v in optional.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,17 +46,14 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..serve import REQUEST_TIMEOUT_S, ServeConfig, create_app
+    from ..serve import create_app, uvicorn_config
 
     try:
-        config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch,
-                             batch_wait_ms=args.batch_wait_ms,
-                             batch_gap_ms=args.batch_gap_ms, **model_kwargs(args),
-                             request_timeout_s=args.timeout_s if args.timeout_s is not None else REQUEST_TIMEOUT_S)
+        config = server_config(args)
         app = create_app(args.model, config)
     except (ValueError, FileNotFoundError) as exc:  # bad flag values, no such model, no default model yet
         print(f"duilian serve: {exc}", file=sys.stderr)
         return 2
     print(f"duilian: serving on http://{config.host}:{config.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    uvicorn.Server(uvicorn_config(app)).run()  # exits with status 3 itself if it cannot start (port taken)
     return 0

@@ -184,6 +184,20 @@ class NonFinite(Recording):
         return [dataclasses.replace(pairs[0], score=math.nan), *pairs]
 
 
+class NestedNaN(Recording):
+    """Answers whose JSON holds a NaN below the top level, where `encode` does not look."""
+
+    def complete_batch(self, uppers, n=5, **options):
+        class Entry:
+            def __init__(self, cand):
+                self.cand = cand
+
+            def to_dict(self):
+                return {**self.cand.to_dict(), "extra": [{"score": math.nan}]}
+
+        return [[Entry(c) for c in cands] for cands in super().complete_batch(uppers, n, **options)]
+
+
 def test_no_answer_carries_a_score_that_is_not_finite(tiny):
     with TestClient(create_app(NonFinite(tiny), ServeConfig(batch_wait_ms=1))) as c:
         r = c.post("/v1/couplets", json={"upper": "春风", "n": 2, "seed": 1})
@@ -197,9 +211,12 @@ def test_no_answer_carries_a_score_that_is_not_finite(tiny):
                 numbers = [entry[k] for k in ("score", "logprob", "rule_score") if k in entry]
                 assert all(isinstance(x, float) and math.isfinite(x) for x in numbers), entry
         assert not any(word in r.text + r2.text for word in ("NaN", "Infinity", '"score":null'))
-    # And were one to slip into a response, it is refused rather than written as NaN or null.
+    # One below the top level, where `encode` does not look: the response is refused, not written with null.
     with pytest.raises(ValueError):
         StrictJSONResponse({"score": math.nan, "valid": True})
+    with TestClient(create_app(NestedNaN(tiny), ServeConfig(batch_wait_ms=1)), raise_server_exceptions=False) as c:
+        r = c.post("/v1/couplets", json={"upper": "春风", "n": 2, "seed": 1})
+        assert r.status_code == 500 and r.json() == {"error": "internal error: ValueError"}
 
 
 # --- bad requests: 4xx with a reason, then the server still works -----------------------------

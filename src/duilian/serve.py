@@ -370,10 +370,11 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     app.state.couplets, app.state.batcher, app.state.config = couplets, batcher, config
     _add_error_handlers(app)
 
-    # StrictJSONResponse: without a response class FastAPI writes the dict with pydantic, NaN as null.
+    # The endpoints return a StrictJSONResponse themselves: FastAPI, given a dict, converts it in pydantic's
+    # JSON mode first, which turns NaN into None (null) before any response class sees it.
     @app.post("/v1/couplets", response_class=StrictJSONResponse,
               summary="下联 candidates for a 上联, best first, with their form checks")
-    async def couplets_endpoint(req: CoupletRequest, request: Request) -> dict:
+    async def couplets_endpoint(req: CoupletRequest, request: Request) -> StrictJSONResponse:
         # decode
         upper = couplets.clean(req.upper)  # CoupletInputError (422) says what is wrong
         options = req.decoder_kwargs()
@@ -385,11 +386,11 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         candidates = await batcher.submit(key, (upper, seed), config.request_timeout_s,
                                           client_gone=lambda: _client_gone(request))
         # encode
-        return {"upper": upper, "candidates": encode(candidates)}
+        return StrictJSONResponse({"upper": upper, "candidates": encode(candidates)})
 
     @app.post("/v1/acrostic", response_class=StrictJSONResponse,
               summary="藏头 couplets: the two heads open the 上联 and the 下联")
-    async def acrostic_endpoint(req: AcrosticRequest, request: Request) -> dict:
+    async def acrostic_endpoint(req: AcrosticRequest, request: Request) -> StrictJSONResponse:
         # The text-level check here answers before queueing; `Couplets.acrostic` itself checks that the
         # heads are in the vocabulary, and the length against the model's `max_chars`.
         heads = clean_heads(req.heads)
@@ -397,7 +398,7 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         key = ("acrostic", *sorted(req.decoder_kwargs().items()))
         couplets_out = await batcher.submit(key, (heads, req.length), config.request_timeout_s,
                                             client_gone=lambda: _client_gone(request))
-        return {"heads": heads, "length": req.length, "couplets": encode(couplets_out)}
+        return StrictJSONResponse({"heads": heads, "length": req.length, "couplets": encode(couplets_out)})
 
     @app.get("/healthz", summary="liveness, limits and batching counters")
     async def healthz() -> dict:

@@ -668,6 +668,19 @@ def test_slow_clients_are_cut_off_and_others_are_still_served(model, http):
             assert waited < limit + 3, (name, waited)  # generous: this machine may be busy
 
 
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_endless_headers_are_refused(model, http):
+    app = create_app(model, ServeConfig(port=_free_port(), batch_wait_ms=1))
+    with _serving(app, http) as url:
+        sock = _raw(url, b"GET /healthz HTTP/1.1\r\n")
+        with contextlib.suppress(OSError):  # the server may close while this is still sending
+            for _ in range(64):
+                sock.sendall(b"X-Padding: " + b"a" * 1000 + b"\r\n")
+        data, _ = _until_closed(sock)
+        # 431 from serve (httptools has no limit of its own), 400 from h11's own limit: both MAX_HEADER_BYTES.
+        assert data.startswith(b"HTTP/1.1 431" if http == "httptools" else b"HTTP/1.1 400"), data[:100]
+        assert httpx.get(url + "/healthz", timeout=10).status_code == 200
+
 def test_connections_beyond_the_cap_get_a_503_and_are_closed(model):
     app = create_app(model, ServeConfig(port=_free_port(), batch_wait_ms=1, max_connections=2, read_timeout_s=30))
     with _serving(app) as url:

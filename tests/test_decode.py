@@ -2,6 +2,7 @@
 
 import math
 import random
+from itertools import permutations
 
 import pytest
 import torch
@@ -310,7 +311,69 @@ def test_seeded_sampling_is_reproducible_and_batch_independent(couplets):
 def test_candidates_are_ranked_best_first(couplets):
     for method in ("sample", "beam"):
         scores = [c.score for c in couplets.complete("花开花落，春去春来", n=5, seed=0, method=method)]
-        assert scores == sorted(scores, reverse=True) and len(scores) == 5
+        assert scores == sorted(scores, reverse=True)
+        # beams fill all n when the rules leave more lines than that; sampling promises up to n
+        assert len(scores) == 5 if method == "beam" else 1 <= len(scores) <= 5
+
+
+# --- fewer lines than asked: a model whose samples repeat -------------------------------------------------------
+PEAKED = "天风花山"
+"""The characters the peaked model writes: all level-tone (平), so the final-tone rule keeps every one."""
+
+
+@pytest.fixture(scope="module")
+def peaked():
+    """Couplets over a tiny model that puts all but ~1e-9 of its mass, in equal parts, on the four characters
+    of PEAKED whatever it reads: samples repeat, and a line of k free positions has only 4!/(4-k)! forms."""
+    tok = default_tokenizer()
+    model = build_model("tiny", dropout=0.0, seed=0).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0  # the final hidden state is e_0 at every position ...
+        model.transformer.wte.weight[:, 0] = 0.0  # ... so the logits are column 0 of the (tied) embedding
+        model.transformer.wte.weight[[tok.id(ch) for ch in PEAKED], 0] = 30.0  # others: e^-30 each
+    assert all(tone_of(ch) == "平" for ch in PEAKED)
+    return Couplets(model)
+
+
+def test_sampling_tops_up_lines_whose_samples_repeat(peaked, monkeypatch):
+    """明月 has 4 x 3 = 12 possible 下联 here, so 5 draws often repeat one: the later rounds (SAMPLE_ROUNDS)
+    draw again for those lines and find the missing ones."""
+    uppers, seeds = ["明月"] * 12, list(range(12))
+    full = peaked.complete_batch(uppers, n=5, seed=seeds)
+    monkeypatch.setattr(decode, "SAMPLE_ROUNDS", 1)
+    first = peaked.complete_batch(uppers, n=5, seed=seeds)
+    short = [i for i, cands in enumerate(first) if len(cands) < 5]
+    assert short, "no line repeated a sample in the first round: the test would not exercise the top-up"
+    for i, (a, b) in enumerate(zip(first, full)):
+        for cands in (a, b):
+            texts = [c.text for c in cands]
+            assert len(set(texts)) == len(texts) and set("".join(texts)) <= set(PEAKED)
+            assert all(c.checks.valid for c in cands)
+        if i not in short:
+            assert [c.text for c in a] == [c.text for c in b]  # the first round is the same draws
+        assert len(a) <= len(b) <= 5
+    # the later rounds found lines the first missed (12 lines: their draws can repeat too, so not always all 5)
+    assert sum(len(full[i]) for i in short) > sum(len(first[i]) for i in short)
+    assert any(len(full[i]) == 5 for i in short)
+
+
+@pytest.mark.parametrize("upper, possible", [("月", 4), ("明月", 12)])
+def test_sampling_returns_fewer_lines_when_no_more_exist(peaked, upper, possible):
+    """Asked for more 下联 than the model can write, sampling returns the distinct ones it found (all of them
+    here, after the top-up rounds), each valid: fewer than n, never a duplicate or a junk line."""
+    every = {"".join(p) for p in permutations(PEAKED, len(upper))}  # distinct characters, none of the 上联's
+    assert len(every) == possible
+    for seed in range(3):
+        cands = peaked.complete(upper, n=possible + 4, seed=seed)
+        texts = [c.text for c in cands]
+        assert len(set(texts)) == len(texts) and set(texts) == every  # n + 4 draws, then the top-up: all
+        assert all(c.checks.valid for c in cands)
+    # Beam search fills its n beams from the rest of the vocabulary (e^-30 each): the rules allow thousands.
+    beams = peaked.complete(upper, n=possible + 4, method="beam")
+    assert len({c.text for c in beams}) == possible + 4 and all(c.checks.valid for c in beams)
+    assert {c.text for c in beams[:possible]} == every
 
 
 def test_search_config_rejects_bad_values():

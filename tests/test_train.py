@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from duilian import train as train_module
 from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines, write_dataset
-from duilian.model import build_model
+from duilian.export import export_model
+from duilian.model import build_model, init_from_model_dir
 from duilian.tokenizer import default_tokenizer
 from duilian.train import (
     LMLoss,
@@ -203,12 +205,28 @@ def test_cli_has_a_flag_per_config_field_and_keeps_the_seed_defaults():
         TrainConfig(data="D", out="O", preset="huge")
 
 
-def test_compiling_in_place_keeps_state_dict_names():
-    # The cause of nanoGPT's `_orig_mod.` prefix is wrapping the module; nn.Module.compile() does not.
-    model = build_model("tiny", seed=0)
-    before = list(model.state_dict())
-    model.transformer.compile()
-    assert list(model.state_dict()) == before and not any("_orig_mod" in k for k in before)
+@pytest.mark.slow
+def test_compiled_training_compiles_and_saves_plain_names(data_dir, tmp_path):
+    """--compile: training steps really run the compiled body (inductor, gcc on a CPU; ~1 min cold, ~10 s
+    with inductor's cache), train as the eager run does, and save the module's own names: nanoGPT's
+    `_orig_mod.` prefix came from wrapping the module, which nn.Module.compile() does not."""
+    from torch._dynamo.utils import counters
+
+    # one padded shape and no evaluation (eval mode is another graph): a single compilation
+    kw = dict(steps=2, batch_size=4, dropout=0.0, report_every=1, eval_batches=0, pad="fixed")
+    graphs = counters["stats"]["unique_graphs"]
+    try:
+        with one_thread():
+            train(tiny(data_dir, tmp_path / "eager", **kw))
+            train(tiny(data_dir, tmp_path / "compiled", compile=True, **kw))
+        assert counters["stats"]["unique_graphs"] > graphs  # dynamo captured the body and compiled it
+    finally:
+        torch._dynamo.reset()  # drop the compiled code (it holds the model's tensors)
+    names = list(build_model("tiny").state_dict())
+    for path in (tmp_path / "compiled" / "final.pt", latest_checkpoint(tmp_path / "compiled")):
+        assert list(load_checkpoint(path)["model"]) == names
+    # inductor fuses and reorders float operations: equal up to rounding
+    assert_same_update(final_state(tmp_path / "eager"), final_state(tmp_path / "compiled"))
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -306,12 +324,129 @@ def test_grad_accumulation_equals_one_big_batch(data_dir, tmp_path):
     assert_same_update(final_state(tmp_path / "big"), final_state(tmp_path / "accum"))
 
 
-def test_time_budget_stops_cleanly_and_saves(data_dir, tmp_path):
+@pytest.fixture
+def final_pt_at_checkpoints(monkeypatch) -> list[tuple[int, bool]]:
+    """(step, whether final.pt existed) at every step checkpoint the trainer writes."""
+    seen = []
+    save = train_module.save_checkpoint
+
+    def spy(run_dir, step, *args, **kw):
+        seen.append((step, (Path(run_dir) / "final.pt").exists()))
+        return save(run_dir, step, *args, **kw)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", spy)
+    return seen
+
+
+def test_final_pt_is_written_once_at_the_end(data_dir, tmp_path, final_pt_at_checkpoints):
     with one_thread():
-        last = train(tiny(data_dir, tmp_path, steps=1000, max_minutes=1e-6))
+        train(tiny(data_dir, tmp_path, steps=6, save_every=2))
+    assert final_pt_at_checkpoints == [(2, False), (4, False), (6, False)]  # mid-run saves are step_*.pt
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt")) == \
+        ["step_0000002.pt", "step_0000004.pt", "step_0000006.pt"]
+    final = load_checkpoint(tmp_path / "final.pt")
+    assert (final["kind"], final["step"]) == ("final", 6)
+    step6 = load_checkpoint(tmp_path / "checkpoints" / "step_0000006.pt")["model"]
+    assert all(torch.equal(v, step6[k]) for k, v in final["model"].items())
+
+
+def test_time_budget_stops_cleanly_and_saves(data_dir, tmp_path, final_pt_at_checkpoints):
+    with one_thread():
+        last = train(tiny(data_dir, tmp_path, steps=1000, max_minutes=1e-6, save_every=500))
     assert last["step"] == 1
+    # the stop writes a step checkpoint (final.pt not there yet), then final.pt at the step it stopped at
+    assert final_pt_at_checkpoints == [(1, False)]
     assert latest_checkpoint(tmp_path).name == "step_0000001.pt"
-    assert load_checkpoint(tmp_path / "final.pt")["step"] == 1
+    final = load_checkpoint(tmp_path / "final.pt")
+    assert (final["kind"], final["step"], final["config"]["steps"]) == ("final", 1, 1000)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "train"] == [1]
+
+
+# --- starting from another model (--init-from) --------------------------------------------------
+# Lines as they are (no transformers-5 prompt form, no [UNK] hiding where the trainer has it), so the first
+# batch is plain lines that transformers can score on its own.
+PLAIN_LINES = dict(v5_prompt_frac=0.0, **({"unk_frac": 0.0} if "unk_frac" in config_fields() else {}))
+
+
+@pytest.fixture(scope="module")
+def init_dir(run_dir, tmp_path_factory) -> Path:
+    """The 30-step run exported as a HuggingFace directory: a model that knows something."""
+    return export_model(model_from_checkpoint(run_dir), tmp_path_factory.mktemp("init") / "hf")
+
+
+def reference_loss(model_dir: Path, split: TokenizedSplit, lines: np.ndarray) -> float:
+    """Mean next-token loss per real token over `lines`, by transformers' own model and loss, line by line."""
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(str(model_dir)).eval()
+    total = count = 0.0
+    with torch.no_grad():
+        for i in lines:
+            x = torch.from_numpy(split[int(i)].astype(np.int64))[None]
+            total += model(x, labels=x).loss.item() * (x.size(1) - 1)  # labels are shifted inside
+            count += x.size(1) - 1
+    return total / count
+
+
+def test_init_from_starts_with_that_models_loss(data_dir, init_dir, tmp_path):
+    """The first reported training loss (computed before the first update) is the init model's own loss on
+    the first batch, which is far below a fresh model's."""
+    with one_thread():
+        train(tiny(data_dir, tmp_path, preset="", init_from=str(init_dir), dropout=0.0, steps=2,
+                   report_every=1, **PLAIN_LINES))
+    first = next(json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"train"' in l)
+    split = TokenizedSplit.open(data_dir, "train")
+    _, batch = BatchSchedule(split.lengths, 8, seed=7, bucket=False, bucket_chunk=64).global_batch_at(0)
+    expected = reference_loss(init_dir, split, batch)
+    assert first["step"] == 1 and first["loss"] == pytest.approx(expected, rel=1e-5)  # float rounding only
+    fresh = export_model(build_model("tiny", seed=7), tmp_path / "fresh")
+    assert reference_loss(fresh, split, batch) > expected + 1.0  # so the equality says the weights came
+    # the shape is the init model's; a --preset that differs is refused before anything runs
+    assert load_checkpoint(tmp_path / "final.pt")["preset"] == dataclasses.asdict(
+        TrainConfig(data="D", out="O", init_from=str(init_dir)).shape())
+    with pytest.raises(ValueError, match=r"--preset mini is .*, but --init-from .* is .*leave --preset out"):
+        train(tiny(data_dir, tmp_path / "mini", preset="mini", init_from=str(init_dir)))
+    assert not (tmp_path / "mini").exists()
+
+
+def test_init_from_matches_embedding_rows_by_token(init_dir, tmp_path):
+    """A source whose vocab.txt orders its tokens otherwise and lacks some: each row goes to its token, a
+    token the source lacks gets the mean of the source's rows, and every other tensor is copied."""
+    from transformers import GPT2LMHeadModel
+
+    tokens = default_tokenizer().tokens
+    source = GPT2LMHeadModel.from_pretrained(str(init_dir)).eval()
+    wte = source.transformer.wte.weight.detach()
+    # The source's vocabulary: the special tokens and '-' first (a vocab.txt needs them), then the other
+    # tokens but every 7th, in reverse order.
+    first = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "-"]
+    src_tokens = first + [t for i, t in enumerate(tokens) if t not in first and i % 7][::-1]
+    index = {t: i for i, t in enumerate(tokens)}
+    src_rows = torch.tensor([index[t] for t in src_tokens])  # source row j = our row src_rows[j]
+    config = source.config
+    config.vocab_size = len(src_tokens)
+    reordered = GPT2LMHeadModel(config)
+    state = {k: v for k, v in source.state_dict().items() if k != "lm_head.weight"}
+    reordered.load_state_dict({**state, "transformer.wte.weight": wte[src_rows]}, strict=False)
+    reordered.tie_weights()
+    d = tmp_path / "reordered"
+    reordered.save_pretrained(d)
+    (d / "vocab.txt").write_text("".join(t + "\n" for t in src_tokens), encoding="utf-8")
+
+    target = build_model("tiny", seed=3)
+    got = init_from_model_dir(target, d, tokens)
+    assert got == {"matched": len(src_tokens), "new": len(tokens) - len(src_tokens)} and got["new"] > 2000
+    new_wte = target.transformer.wte.weight.detach()
+    known = torch.zeros(len(tokens), dtype=torch.bool)
+    known[src_rows] = True
+    assert torch.equal(new_wte[known], wte[known])  # each token's own row, wherever the source kept it
+    mean = wte[src_rows].mean(0)  # the summation order may differ from the trainer's: rounding only
+    torch.testing.assert_close(new_wte[~known], mean.expand(int((~known).sum()), -1), rtol=0, atol=1e-7)
+    for name, tensor in state.items():
+        if name != "transformer.wte.weight":
+            assert torch.equal(target.state_dict()[name], tensor), name
+    assert target.lm_head.weight.data_ptr() == target.transformer.wte.weight.data_ptr()  # still tied
 
 
 def test_duilian_train_command(data_dir, tmp_path, capsys):

@@ -107,8 +107,8 @@ def test_every_file_gets_the_umask_mode(exported, tmp_path, umask):
 
 def test_vocabulary_size_must_match(tmp_path):
     small = tmp_path / "vocab.txt"
-    small.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="5 tokens but the model has vocab_size 21128"):
+    small.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n-\n", encoding="utf-8")  # a vocabulary, but small
+    with pytest.raises(ValueError, match="6 tokens but the model has vocab_size 21128"):
         export_model(build_model("tiny"), tmp_path / "out", vocab_path=small)
 
 

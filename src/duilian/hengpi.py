@@ -39,7 +39,7 @@ disaster, crime, vulgarity, grief), and none of BLOCKED_PHRASES (innocent charac
 The top of a ranking is kept varied: a phrase made of the same characters as a better one (桃红柳绿 after
 柳绿桃红) or sharing 3 characters in place with it (三羊开泰 after 三阳开泰) is skipped.
 
-Everything is loaded once (load_pool, cached; ~0.2 s), and a call is a [48k, 128] matrix-vector product
+Everything is loaded once (load_pool, cached; ~0.3 s), and a call is a [44k, 128] matrix-vector product
 and a partial sort: a few milliseconds on one core. Deterministic: equal scores go in code-point order.
 """
 

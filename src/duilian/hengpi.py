@@ -34,7 +34,8 @@ embedding relevance (optional): the same cosine with the caller's model's input 
 
 What suits a door is also a hard filter: no phrase with a BLOCKED_CHARS character (death, disease,
 disaster, crime, vulgarity, grief), and none of BLOCKED_PHRASES (innocent characters, bad meaning:
-一丝不挂, 寿终正寝, 关门大吉). The blocklists were written from those categories, not from any test answers.
+一丝不挂, 寿终正寝, 关门大吉). The blocklists were written from those categories and from unsuitable phrases
+seen in suggestions for all kinds of couplets, never from the development couplets' answers.
 
 The top of a ranking is kept varied: a phrase made of the same characters as a better one (桃红柳绿 after
 柳绿桃红) or sharing 3 characters in place with it (三羊开泰 after 三阳开泰) is skipped.
@@ -320,7 +321,8 @@ def _embedding_relevance(pool: Pool, text: str, embeddings: "torch.Tensor", toke
     if not couplet_rows or len(used) == 0:
         return np.zeros(len(pool.texts), np.float32)
     with torch.no_grad():
-        e = embeddings.detach()[torch.as_tensor(np.concatenate([used, couplet_rows]))].float().cpu().numpy()
+        rows = torch.as_tensor(np.concatenate([used, couplet_rows]), device=embeddings.device)
+        e = embeddings.detach()[rows].float().cpu().numpy()  # (U + couplet length, d)
     e = e - e[: len(used)].mean(0)
     chars, couplet = _unit(e[: len(used)]), _unit(e[len(used):].sum(0))
     cos = np.append(chars @ couplet, 0.0)  # (U + 1,): the last is for characters that are not tokens

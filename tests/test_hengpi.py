@@ -89,6 +89,7 @@ GRIM = [  # couplets whose own words are death, illness, disaster, crime: the ba
     ("瘟疫横行千户闭", "饥荒遍野万家悲"),
 ]
 COUPLETS = [SPRING, WEDDING, BUSINESS, BIRTHDAY, *GRIM, ("丹枫江冷人初去", "绿柳堤新燕复来")]
+NAMES = ["spring", "wedding", "business", "birthday", "grief", "fire", "crime", "funeral", "plague", "scenery"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def rank(text: str, couplet: tuple[str, str], depth: int = 200) -> int:
 
 
 # --- what a suggestion is ---------------------------------------------------------------------------
-@pytest.mark.parametrize("couplet", COUPLETS, ids=lambda c: c[0])
+@pytest.mark.parametrize("couplet", COUPLETS, ids=NAMES)
 def test_suggestions_are_four_han_characters_from_the_pool_never_blocked(couplet, pool_set):
     lines = set(np.load(hengpi.DATA)["lines"].tolist())
     suggestions = hengpi.suggest(*couplet, k=10)

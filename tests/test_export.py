@@ -9,7 +9,7 @@ from transformers import GPT2LMHeadModel
 from duilian import cli
 from duilian.export import export_model, seed_snippet_check
 from duilian.model import build_model
-from duilian.tokenizer import VOCAB_PATH, default_tokenizer
+from duilian.tokenizer import Tokenizer, VOCAB_PATH, default_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +106,9 @@ def test_every_file_gets_the_umask_mode(exported, tmp_path, umask):
 
 
 def test_vocabulary_size_must_match(tmp_path):
-    small = tmp_path / "vocab.txt"
-    small.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n-\n", encoding="utf-8")  # a vocabulary, but small
+    small = Tokenizer(("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "-"))  # a vocabulary, but small
     with pytest.raises(ValueError, match="6 tokens but the model has vocab_size 21128"):
-        export_model(build_model("tiny"), tmp_path / "out", vocab_path=small)
+        export_model(build_model("tiny"), tmp_path / "out", tokenizer=small)
 
 
 def always(token_id: int, seed: int = 0) -> GPT2LMHeadModel:

@@ -26,6 +26,7 @@ from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate
 from duilian.export import export_model
 from duilian.model import build_model, init_from_model_dir
 from duilian.tokenizer import default_tokenizer
+from duilian.model import PRESETS
 from duilian.train import (
     LMLoss,
     TrainConfig,
@@ -198,7 +199,7 @@ def test_cli_has_a_flag_per_config_field_and_keeps_the_seed_defaults():
     args = p.parse_args(["--data", "D", "--out", "O"])
     cfg = TrainConfig(**vars(args))
     assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.warmup, cfg.seq_len, cfg.save_every, cfg.report_every,
-            cfg.preset) == (25_000, 5e-4, 64, 0.1, 64, 5000, 1000, "base")
+            cfg.shape()) == (25_000, 5e-4, 64, 0.1, 64, 5000, 1000, PRESETS["base"])
     args = p.parse_args(["--data", "D", "--out", "O", "--pad", "fixed", "--bucket", "--steps", "7"])
     assert (args.pad, args.bucket, args.steps) == ("fixed", True, 7)
     with pytest.raises(ValueError, match="preset"):

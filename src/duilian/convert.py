@@ -320,7 +320,7 @@ def convert_uer_to_hf(
     from transformers import GPT2LMHeadModel
 
     from .export import export_model
-    from .tokenizer import VOCAB_PATH
+    from .tokenizer import Tokenizer
 
     stated = read_uer_config(uer_config) if uer_config is not None else None
     uer = load_uer_checkpoint(input_path)
@@ -332,7 +332,8 @@ def convert_uer_to_hf(
         hf[OUTPUT_LAYER.hf] = hf["transformer.wte.weight"]
     model.load_state_dict(hf, strict=True)
     model.tie_weights()  # no-op when untied; re-ties lm_head to wte when tied
-    return export_model(model, output_dir, dtype=dtype, vocab_path=vocab_path or VOCAB_PATH)
+    tokenizer = Tokenizer.from_file(vocab_path) if vocab_path is not None else None  # None: BERT's, the seed's
+    return export_model(model, output_dir, dtype=dtype, tokenizer=tokenizer)
 
 
 def convert_hf_to_uer(

@@ -39,13 +39,13 @@ import numpy as np
 
 from .dataset import write_dataset
 from .text import PUNCTUATION, is_han, normalize
-from .tokenizer import SEPARATOR, default_tokenizer
+from .tokenizer import SEPARATOR, Tokenizer, default_tokenizer
 
 # --- reject reasons, in the order the checks run (a pair is counted under the first it fails) -----
 REJECT_MALFORMED = "malformed"  # a tsv line without exactly one tab, a uer line without exactly one '-'
 REJECT_EMPTY = "empty"  # a line with nothing left after normalisation
 REJECT_CHARACTERS = "characters"  # a character other than Han and the marks in text.PUNCTUATION
-REJECT_VOCAB = "not_in_vocab"  # a Han character the tokenizer's vocabulary lacks
+REJECT_VOCAB = "not_in_vocab"  # a Han character the BERT vocabulary lacks (with --vocab bert only)
 REJECT_LENGTH = "length_mismatch"  # 上联 and 下联 of different lengths
 REJECT_PUNCTUATION = "punctuation_mismatch"  # marks not at the same positions, or not the same marks
 REJECT_PLACEMENT = "punctuation_placement"  # starts with a mark or has two in a row (clean_upper refuses these)
@@ -62,6 +62,10 @@ REASONS = (
 )
 
 FORMATS = ("auto", "parallel", "tsv", "uer")
+VOCABS = ("corpus", "bert")
+"""corpus: the training split's own characters (vocab.txt in the dataset; the model gets that many rows);
+bert: the seed's 21,128-token vocabulary, pairs with other characters rejected."""
+HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF))  # text.is_han's blocks
 COMPRESSED_SUFFIXES = ("", ".xz", ".gz")  # what a directory's in.txt / out.txt may end with
 CHUNK_LINES = 16384  # lines per work item: large enough that pickling is cheap next to cleaning
 EXAMPLE_CHARS = 80  # an example in the summary is cut to this many characters
@@ -91,10 +95,20 @@ class PrepareConfig:
     format: str = "auto"
     """auto | parallel | tsv | uer, for `inputs` and `val`; auto: a directory or two paths are
     parallel, one file is tsv or uer by its first line."""
+    vocab: str = "corpus"
+    """corpus: a vocabulary of the characters the training split holds (about 5.6k of BERT's 21k for the
+    public corpus, so the output layer is a quarter the size); bert: the seed's vocabulary."""
+    min_count: int = 3
+    """With vocab=corpus, characters seen fewer times in the training split are left out and become [UNK]:
+    a character seen once or twice gets too few updates to mean anything, while [UNK] is trained."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        if self.vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {', '.join(VOCABS)}, not {self.vocab!r}")
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be at least 1, not {self.min_count}")
         if not 1 <= len(self.inputs) <= 2:
             raise ValueError("give one input (a directory or a tsv/uer file) or two (in.txt and out.txt)")
         if self.val is not None and not 1 <= len(self.val) <= 2:
@@ -217,18 +231,21 @@ _PUNCT_RE = re.compile(_PUNCT_CLASS)
 _PLACEMENT_RE = re.compile(f"^{_PUNCT_CLASS}|{_PUNCT_CLASS}{{2}}")
 
 
-@lru_cache(maxsize=1)
-def _disallowed_re() -> re.Pattern:
+@lru_cache(maxsize=2)
+def _disallowed_re(vocab: str = "bert") -> re.Pattern:
     """A regex that finds any character a kept pair may not hold.
 
-    Allowed is Han or a couplet mark, in the vocabulary, and unchanged by NFC. A line made only of
+    Allowed is Han or a couplet mark, unchanged by NFC, and with vocab="bert" in the BERT vocabulary. A line made only of
     allowed characters and white space is therefore already normal apart from its spaces, which is
     what lets `clean_pair` skip the slower general `normalize` for almost every corpus line. A regex
     character class scans a line in C, several times faster than a set test per character.
     """
-    vocab = frozenset(t for t in default_tokenizer().tokens if len(t) == 1)
+    if vocab == "bert":
+        chars = [t for t in default_tokenizer().tokens if len(t) == 1]
+    else:
+        chars = [chr(cp) for lo, hi in HAN_RANGES for cp in range(lo, hi + 1)] + sorted(PUNCTUATION)
     allowed = sorted(
-        ord(ch) for ch in vocab if (is_han(ch) or ch in PUNCTUATION) and unicodedata.normalize("NFC", ch) == ch
+        ord(ch) for ch in chars if (is_han(ch) or ch in PUNCTUATION) and unicodedata.normalize("NFC", ch) == ch
     )
     ranges = []  # runs of consecutive code points -> "a-b", so the class stays short
     for cp in allowed:
@@ -240,12 +257,13 @@ def _disallowed_re() -> re.Pattern:
     return re.compile(f"[^{body}]")
 
 
-def clean_pair(upper: str, lower: str, seq_len: int = 64) -> tuple[tuple[str, str] | None, str | None]:
+def clean_pair(upper: str, lower: str, seq_len: int = 64, vocab: str = "bert") -> tuple[tuple[str, str] | None, str | None]:
     """Normalise a raw pair and check it: ((上联, 下联), None) to keep, or (None, REJECT_*) to skip.
 
     The lines come back as duilian.text.normalize makes them (no spaces, full-width marks, NFC).
+    vocab="bert" also rejects Han characters outside the BERT vocabulary (REJECT_VOCAB).
     """
-    disallowed = _disallowed_re()
+    disallowed = _disallowed_re(vocab)
     # 1) normalise: dropping the spaces is all a line of allowed characters needs; any other line
     #    goes through text.normalize (NFC, ASCII marks -> full-width) and is then looked at closely.
     u, l = "".join(upper.split()), "".join(lower.split())
@@ -317,14 +335,14 @@ class _Chunk:
     examples: dict[str, dict]
 
 
-def _clean_chunk(item: tuple[int, list[tuple[str | None, str]], int]) -> _Chunk:
-    start, records, seq_len = item
+def _clean_chunk(item: tuple[int, list[tuple[str | None, str]], int, str]) -> _Chunk:
+    start, records, seq_len, vocab = item
     pairs, lines, rejected, examples = [], [], Counter(), {}
     for line_no, (upper, lower) in enumerate(records, start=start):
         if upper is None:
             pair, reason = None, REJECT_MALFORMED
         else:
-            pair, reason = clean_pair(upper, lower, seq_len)
+            pair, reason = clean_pair(upper, lower, seq_len, vocab)
         if pair is not None:
             pairs.append(pair)
             lines.append(line_no)
@@ -340,21 +358,22 @@ def _example_text(upper: str | None, lower: str) -> str:
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
 
 
-def _chunks(records: Iterable, seq_len: int) -> Iterator[tuple[int, list, int]]:
+def _chunks(records: Iterable, seq_len: int, vocab: str) -> Iterator[tuple[int, list, int, str]]:
     it = iter(records)
     start = 1
     while batch := list(itertools.islice(it, CHUNK_LINES)):
-        yield start, batch, seq_len
+        yield start, batch, seq_len, vocab
         start += len(batch)
 
 
-def clean_corpus(source: CorpusSource, seq_len: int, processes: int = 1) -> tuple[list[tuple[str, str]], CorpusStats]:
+def clean_corpus(source: CorpusSource, seq_len: int, processes: int = 1,
+                 vocab: str = "bert") -> tuple[list[tuple[str, str]], CorpusStats]:
     """Read, clean and de-duplicate one corpus. Returns the kept pairs in corpus order and the stats."""
     stats = CorpusStats(inputs=[str(p) for p in source.paths], format=source.format)
-    chunks = _chunks(read_pairs(source), seq_len)
+    chunks = _chunks(read_pairs(source), seq_len, vocab)
     kept: dict[tuple[str, str], int] = {}  # pair -> line it was first seen on (dicts keep insertion order)
     if processes > 1:
-        with multiprocessing.Pool(processes, initializer=_disallowed_re) as pool:
+        with multiprocessing.Pool(processes, initializer=_disallowed_re, initargs=(vocab,)) as pool:
             # imap keeps chunk order, so the merge below sees lines in corpus order whatever finishes first.
             _merge(pool.imap(_clean_chunk, chunks), kept, stats)
     else:
@@ -428,6 +447,8 @@ class PrepareSummary:
     val_pairs: int = 0
     val_overlap: int = 0
     """Training pairs dropped because their 上联 is in the separate validation corpus."""
+    vocab: dict = field(default_factory=dict)
+    """The vocabulary written: kind, size, min_count, characters left out and their occurrences as [UNK]."""
 
     def to_dict(self) -> dict:
         return {
@@ -438,6 +459,7 @@ class PrepareSummary:
             "train_pairs": self.train_pairs,
             "val_pairs": self.val_pairs,
             "val_overlap": self.val_overlap,
+            "vocab": self.vocab,
         }
 
     def format(self) -> str:
@@ -456,18 +478,27 @@ class PrepareSummary:
         out.append(f"dataset: {self.train_pairs:,} train pairs, {self.val_pairs:,} val pairs ({split}); seq_len {self.seq_len}")
         if self.val_overlap:
             out.append(f"  {self.val_overlap:,} training pairs dropped: their 上联 is in the val corpus")
+        v = self.vocab
+        if v.get("kind") == "corpus":
+            out.append(f"vocabulary: {v['size']:,} tokens from the training split; {v['dropped_chars']:,} characters "
+                       f"seen fewer than {v['min_count']} times left out ({v['unk_train']:,} training and "
+                       f"{v['unk_val']:,} validation occurrences become [UNK])")
+        elif v:
+            out.append(f"vocabulary: the BERT vocabulary ({v['size']:,} tokens)")
         return "\n".join(out)
 
 
 def prepare(config: PrepareConfig) -> PrepareSummary:
     """Read, clean, de-duplicate and split the corpus, then write the dataset to config.out_dir."""
     # 1) the training corpus, cleaned and de-duplicated
-    pairs, train_stats = clean_corpus(resolve_source(config.inputs, config.format), config.seq_len, config.processes)
+    pairs, train_stats = clean_corpus(resolve_source(config.inputs, config.format), config.seq_len, config.processes,
+                                      config.vocab)
     summary = PrepareSummary(train_stats, None, config.seq_len, config.val_fraction, config.seed)
 
     # 2) validation: a separate corpus (and no 上联 of it left in train), or a deterministic split
     if config.val is not None:
-        val, summary.val_corpus = clean_corpus(resolve_source(config.val, config.format), config.seq_len, config.processes)
+        val, summary.val_corpus = clean_corpus(resolve_source(config.val, config.format), config.seq_len,
+                                               config.processes, config.vocab)
         val_uppers = {u for u, _ in val}
         train = [p for p in pairs if p[0] not in val_uppers]
         summary.val_overlap = len(pairs) - len(train)
@@ -479,8 +510,24 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
         raise CorpusError(f"no training pairs left from {', '.join(config.inputs)}:\n{summary.format()}")
     summary.train_pairs, summary.val_pairs = len(train), len(val)
 
-    # 3) the token arrays; the summary goes into meta.json (it holds no timings, so the bytes do not
-    #    depend on the machine or on `processes`)
-    write_dataset(config.out_dir, {"train": train, "val": val}, default_tokenizer(), config.seq_len, info=summary.to_dict())
+    # 3) the vocabulary: the training split's characters (validation may hold others: they become [UNK]
+    #    as a user's unknown characters will), with every couplet mark so the decoder can mirror any of them
+    if config.vocab == "corpus":
+        counts = Counter("".join(u + l for u, l in train))
+        tokenizer = Tokenizer.for_corpus(counts, config.min_count, marks="".join(PUNCTUATION))
+        index = tokenizer.index
+        dropped = [ch for ch in counts if ch not in index]
+        unk_val = Counter("".join(u + l for u, l in val))
+        summary.vocab = {"kind": "corpus", "size": len(tokenizer), "min_count": config.min_count,
+                         "dropped_chars": len(dropped), "unk_train": sum(counts[ch] for ch in dropped),
+                         "unk_val": sum(n for ch, n in unk_val.items() if ch not in index)}
+    else:
+        tokenizer = default_tokenizer()
+        summary.vocab = {"kind": "bert", "size": len(tokenizer)}
+
+    # 4) the token arrays and vocab.txt; the summary goes into meta.json (it holds no timings, so the bytes do
+    #    not depend on the machine or on `processes`)
+    write_dataset(config.out_dir, {"train": train, "val": val}, tokenizer, config.seq_len, info=summary.to_dict(),
+                  unknown_as_unk=config.vocab == "corpus")
     return summary
 

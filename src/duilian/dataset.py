@@ -4,9 +4,10 @@ A dataset directory holds, for each split (train, val):
 
     {split}.tokens.npy   uint16 [n_tokens]   every training line, concatenated: [CLS] 上联 - 下联 [SEP]
     {split}.offsets.npy  int64  [n_pairs+1]  line i is tokens[offsets[i]:offsets[i+1]]
+    vocab.txt            the vocabulary the ids index (the corpus's own or BERT's); the model is built with it
     meta.json            vocab size, seq_len, per-split counts and the prepare summary
 
-uint16 holds the 21,128-token vocabulary; a flat array plus offsets costs no padding on disk, and the
+uint16 holds any vocabulary up to 65,535 tokens (BERT's has 21,128); a flat array plus offsets costs no padding on disk, and the
 trainer chooses how to pad (fixed 64 like the seed, or per batch).
 """
 
@@ -31,28 +32,38 @@ def write_dataset(
     tokenizer: Tokenizer,
     seq_len: int,
     info: dict | None = None,
+    unknown_as_unk: bool = False,
 ) -> dict:
-    """Tokenize each split's (上联, 下联) pairs and write them. Returns the meta dict (also meta.json)."""
+    """Tokenize each split's (上联, 下联) pairs and write them with the vocabulary. Returns the meta dict (also
+    meta.json). unknown_as_unk: characters outside the vocabulary become [UNK] instead of an error."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(tokenizer) > np.iinfo(np.uint16).max:
         raise ValueError("vocabulary too large for uint16 token arrays")
     meta = {"format": FORMAT_VERSION, "vocab_size": len(tokenizer), "seq_len": seq_len, "splits": {}, "info": info or {}}
     for name, pairs in splits.items():
-        tokens, offsets = encode_pairs(tokenizer, pairs)
+        tokens, offsets = encode_pairs(tokenizer, pairs, unknown_as_unk)
         too_long = int((np.diff(offsets) > seq_len).sum())
         if too_long:
             raise ValueError(f"{too_long} pairs of split {name!r} exceed seq_len {seq_len}; filter them first")
         _save_atomic(out / f"{name}.tokens.npy", tokens)
         _save_atomic(out / f"{name}.offsets.npy", offsets)
         meta["splits"][name] = {"pairs": len(pairs), "tokens": int(offsets[-1])}
+    tokenizer.save(out / "vocab.txt.tmp")
+    os.replace(out / "vocab.txt.tmp", out / "vocab.txt")
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
     os.replace(tmp, out / "meta.json")
     return meta
 
 
-def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+def read_tokenizer(data_dir: str | Path) -> Tokenizer:
+    """The vocabulary a dataset's ids index (BERT's for datasets written before vocab.txt was)."""
+    return Tokenizer.from_dir(data_dir)
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
+                 unknown_as_unk: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """All training lines of `pairs` as (tokens uint16 [n_tokens], offsets int64 [n_pairs+1]).
 
     Same ids as tokenizer.encode_pair, in one numpy pass: the lines are joined into one string with
@@ -60,7 +71,7 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]]) -> tupl
     in a table indexed by code point. Per-pair Python encoding took ~10 s on the 697k-pair corpus.
     """
     missing = np.iinfo(np.uint16).max
-    table = np.full(0x110000, missing, dtype=np.uint16)
+    table = np.full(0x110000, tokenizer.unk_id if unknown_as_unk else missing, dtype=np.uint16)
     for i, tok in enumerate(tokenizer.tokens):
         if len(tok) == 1:
             table[ord(tok)] = i
@@ -204,6 +215,23 @@ def v5_prompt_lines(seed: int, epoch: int, n_lines: int, frac: float) -> np.ndar
     return np.random.default_rng([seed, epoch, 5]).random(n_lines) < frac
 
 
+def hide_upper(split: "TokenizedSplit", indices: np.ndarray, seed: int, epoch: int, frac: float,
+               hideable: np.ndarray, separator_id: int) -> list[np.ndarray]:
+    """Per line of `indices`, the positions (in the line's tokens) of 上联 characters to show as [UNK].
+
+    Each Han character of a 上联 is hidden with probability `frac`, drawn per (seed, epoch, line index), so
+    the choice does not depend on batch size, rank or resume. hideable: bool [vocab], True for ids that may
+    be hidden (Han characters; never a punctuation mark, which the decoder must see to mirror it).
+    """
+    out = []
+    for i in indices:
+        line = split[int(i)]  # [CLS] 上 - 下 [SEP]
+        dash = int(np.flatnonzero(line == separator_id)[0])
+        draw = np.random.default_rng([seed, epoch, int(i), 11]).random(dash - 1) < frac
+        out.append(1 + np.flatnonzero(draw & hideable[line[1:dash]]))
+    return out
+
+
 @dataclass
 class Batch:
     """One micro-batch, next-token style: `targets[b, t]` is the token after `inputs[b, t]`."""
@@ -230,6 +258,8 @@ def collate(
     sep_id: int = 102,
     separator_id: int = 118,
     pad_id: int = 0,
+    unk_id: int | None = None,
+    hidden: list[np.ndarray] | None = None,
 ) -> Batch:
     """Build the micro-batch of lines `indices`.
 
@@ -238,11 +268,16 @@ def collate(
     `v5_form[j]` True shows line j as transformers 5 prompts it,
     [CLS][CLS]上联-[SEP]下联[SEP], with no loss on predicting the two inserted tokens, so the model
     continues that prompt correctly but never learns to emit them.
+    `hidden[j]` (see hide_upper): positions of line j shown as `unk_id`. Every target equal to `unk_id`
+    (hidden, or a rare character the vocabulary left out) carries no loss: the model learns to read [UNK],
+    never to write it (the decoder could not use it anyway).
     """
     rows: list[np.ndarray] = []
     masks: list[np.ndarray] = []  # True where the *target* is an inserted token
     for j, i in enumerate(indices):
         line = split[int(i)]  # [CLS] 上 - 下 [SEP]
+        if hidden is not None and len(hidden[j]):
+            line[hidden[j]] = unk_id  # split[i] is a fresh array: the dataset is not touched
         inserted = np.zeros(len(line) + 2, dtype=bool)
         if v5_form is not None and v5_form[j] and (pad_to is None or len(line) + 2 <= pad_to):
             dash = int(np.flatnonzero(line == separator_id)[0])  # the first '-' ends the 上联
@@ -259,7 +294,8 @@ def collate(
     for b, (row, inserted) in enumerate(zip(rows, masks)):
         n = len(row) - 1
         inputs[b, :n] = row[:-1]
-        targets[b, :n] = np.where(inserted[1:], IGNORE_INDEX, row[1:])
+        no_loss = inserted[1:] if unk_id is None else inserted[1:] | (row[1:] == unk_id)
+        targets[b, :n] = np.where(no_loss, IGNORE_INDEX, row[1:])
     n_real = [len(r) - 1 for r in rows]
     return Batch(
         inputs=inputs,

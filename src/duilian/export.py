@@ -7,7 +7,8 @@ The directory holds:
     config.json              GPT2Config; bos = [CLS] 101, eos = [SEP] 102, pad = [PAD] 0
     model.safetensors        weights (or model-0000k-of-0000n.safetensors + index with --max-shard-size)
     generation_config.json   sampling defaults for the pipeline and `model.generate`
-    vocab.txt                the 21,128-token Chinese BERT vocabulary (duilian's own)
+    vocab.txt                the vocabulary the model was trained with: a corpus's own, or the 21,128-token
+                             Chinese BERT one
     tokenizer_config.json    BertTokenizer, no lower-casing (the vocabulary is the cased Chinese BERT one)
     special_tokens_map.json
 
@@ -29,7 +30,6 @@ import copy
 import inspect
 import json
 import os
-import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from transformers import GenerationConfig, GPT2LMHeadModel
 
 from .model import is_hf_model_dir
 from .text import MAX_CHARS
-from .tokenizer import CLS, MASK, PAD, SEP, SEPARATOR, UNK, VOCAB_PATH, Tokenizer
+from .tokenizer import CLS, MASK, PAD, SEP, SEPARATOR, UNK, Tokenizer, default_tokenizer
 
 DEFAULT_MAX_LENGTH = 2 * MAX_CHARS + 5
 """generation_config.max_length: [CLS] [CLS] 上联 - [SEP] 下联 [SEP] at text.MAX_CHARS per line (capped by
@@ -63,22 +63,22 @@ def export_model(
     out_dir: str | Path,
     dtype: torch.dtype | None = None,
     max_shard_size: str | int | None = None,
-    vocab_path: str | Path = VOCAB_PATH,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write `model` as a HuggingFace directory at `out_dir` (created; files of the same name replaced).
 
     dtype: cast the weights (torch.float16 halves the size); None keeps the model's dtype.
     max_shard_size: e.g. "50MB" to split the safetensors file; None keeps transformers' default (one file).
-    vocab_path: the vocabulary to ship; its size must equal the model's vocab_size.
+    tokenizer: the vocabulary the model was trained with (a checkpoint's, a dataset's), written as vocab.txt;
+    its size must equal the model's vocab_size. Default: the BERT vocabulary.
     The caller's model is not modified.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer.from_file(vocab_path)
+    tok = tokenizer or default_tokenizer()
     if len(tok) != model.config.vocab_size:
         raise ValueError(
-            f"the vocabulary {vocab_path} has {len(tok)} tokens but the model has vocab_size "
-            f"{model.config.vocab_size}"
+            f"the vocabulary has {len(tok)} tokens but the model has vocab_size {model.config.vocab_size}"
         )
 
     # 1) A CPU copy in the export dtype, so a model still on the GPU or in training is left alone.
@@ -108,7 +108,7 @@ def export_model(
     model.save_pretrained(str(out), **kwargs)
 
     # 4) The tokenizer: vocab.txt and the two small json files BertTokenizer.from_pretrained reads.
-    shutil.copyfile(vocab_path, out / "vocab.txt")
+    tok.save(out / "vocab.txt")
     specials = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
     tokenizer_config = {
         "tokenizer_class": "BertTokenizer",
@@ -245,18 +245,19 @@ def seed_snippet_check(model_dir: str | Path, uppers: list[str], n: int = 100, s
 # --- what to export ------------------------------------------------------------------------------
 
 
-def model_from_path(path: str | Path) -> GPT2LMHeadModel:
-    """The model behind `path`: a training checkpoint file, a training run directory (its final.pt, else
-    its latest step checkpoint; see duilian.train.load_checkpoint), or a HuggingFace directory (to
-    re-export it, e.g. as float16)."""
+def model_from_path(path: str | Path) -> tuple[GPT2LMHeadModel, Tokenizer]:
+    """The model behind `path` and its vocabulary: a training checkpoint file, a training run directory (its
+    final.pt, else its latest step checkpoint; see duilian.train.load_checkpoint), or a HuggingFace
+    directory (to re-export it, e.g. as float16)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
     if path.is_dir() and is_hf_model_dir(path):
         from .model import load_model
 
-        return load_model(path)
-    from .train import model_from_checkpoint  # the trainer owns its checkpoint format
+        return load_model(path), Tokenizer.from_dir(path)
+    from .train import checkpoint_tokenizer, load_checkpoint, model_from_checkpoint  # the trainer's format
 
-    return model_from_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt), checkpoint_tokenizer(ckpt)
 

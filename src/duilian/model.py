@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .tokenizer import default_tokenizer
+from .tokenizer import Tokenizer, default_tokenizer
 
 if TYPE_CHECKING:
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -56,12 +56,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def gpt2_config(preset: str | Preset, dropout: float = 0.1) -> "GPT2Config":
-    """The transformers config for a preset, with this vocabulary's special-token ids."""
+def gpt2_config(preset: str | Preset, dropout: float = 0.1, tokenizer: "Tokenizer | None" = None) -> "GPT2Config":
+    """The transformers config for a preset: one embedding row per token of `tokenizer` (default: the BERT
+    vocabulary) and its special-token ids."""
     from transformers import GPT2Config
 
     p = PRESETS[preset] if isinstance(preset, str) else preset
-    tok = default_tokenizer()
+    tok = tokenizer or default_tokenizer()
     return GPT2Config(
         vocab_size=len(tok),
         n_positions=p.n_positions,
@@ -80,13 +81,15 @@ def gpt2_config(preset: str | Preset, dropout: float = 0.1) -> "GPT2Config":
     )
 
 
-def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = None) -> "GPT2LMHeadModel":
-    """A freshly initialised GPT2LMHeadModel (GPT-2's own init). `seed` makes the init reproducible."""
+def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = None,
+                tokenizer: "Tokenizer | None" = None) -> "GPT2LMHeadModel":
+    """A freshly initialised GPT2LMHeadModel (GPT-2's own init) for `tokenizer`'s vocabulary (default BERT's).
+    `seed` makes the init reproducible."""
     if seed is not None:
         torch.manual_seed(seed)
     from transformers import GPT2LMHeadModel
 
-    config = gpt2_config(preset, dropout)
+    config = gpt2_config(preset, dropout, tokenizer)
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
 

@@ -1,8 +1,12 @@
-"""The character-level tokenizer: the 21,128-token Chinese BERT vocabulary, one token per character.
+"""The character-level tokenizer: one token per character, from a vocab.txt (one token per line).
 
-`transformers.BertTokenizer` reads the same vocab.txt and gives the same ids for Han characters and
-punctuation. We keep our own small encoder because duilian's sequences have a fixed shape that must
-never drift with a transformers release:
+Two vocabularies are in use. The seed's: the 21,128-token Chinese BERT vocabulary (`default_tokenizer`),
+of which a couplet corpus uses about 5,600 characters. And a corpus's own (`Tokenizer.for_corpus`, what
+`duilian prepare` writes by default): the special tokens, '-', the couplet marks and the characters the
+corpus holds, most frequent first. Either way the model directory's vocab.txt is the one source of truth:
+`transformers.BertTokenizer` reads it and gives the same ids for Han characters and punctuation, so the
+seed's snippet works on every export. We keep our own small encoder because duilian's sequences have a
+fixed shape that must never drift with a transformers release:
 
     prompt:        [CLS] 上 联 -            (never a second [CLS], never a trailing [SEP])
     training line: [CLS] 上 联 - 下 联 [SEP]
@@ -13,6 +17,7 @@ never drift with a transformers release:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -21,6 +26,8 @@ VOCAB_PATH = Path(__file__).with_name("vocab.txt")
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SEPARATOR = "-"  # between 上联 and 下联, as in the seed's UER corpus lines
+SPECIALS = (PAD, UNK, CLS, SEP, MASK)
+"""First in a corpus vocabulary, in BERT's order; BertTokenizer needs all five to be present."""
 
 
 class UnknownCharacterError(ValueError):
@@ -38,7 +45,30 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | Path = VOCAB_PATH) -> "Tokenizer":
         with open(path, encoding="utf-8") as f:
-            return cls(tuple(line.rstrip("\n") for line in f))
+            tok = cls(tuple(line.rstrip("\n") for line in f))
+        missing = [t for t in (*SPECIALS, SEPARATOR) if t not in tok.index]
+        if missing:
+            raise ValueError(f"{path} lacks the tokens {' '.join(missing)}: not a duilian / BERT vocabulary")
+        return tok
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "Tokenizer":
+        """The vocab.txt of a model or dataset directory; the BERT vocabulary where there is none (datasets
+        written before corpus vocabularies, or a bare transformers save_pretrained of a BERT-vocabulary model)."""
+        path = Path(directory) / "vocab.txt"
+        return cls.from_file(path) if path.exists() else default_tokenizer()
+
+    @classmethod
+    def for_corpus(cls, counts: Counter, min_count: int = 1, marks: str = "") -> "Tokenizer":
+        """A corpus's own vocabulary: SPECIALS, '-', `marks` (punctuation the decoder must be able to mirror,
+        present in the corpus or not), then every character seen at least `min_count` times, most
+        frequent first (ties by code point, so the same counts always give the same file)."""
+        fixed = [*SPECIALS, SEPARATOR, *sorted(set(marks))]
+        chars = sorted((ch for ch, n in counts.items() if n >= min_count and ch not in fixed), key=lambda ch: (-counts[ch], ch))
+        return cls(tuple(fixed + chars))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text("".join(t + "\n" for t in self.tokens), encoding="utf-8")
 
     # --- the vocabulary -------------------------------------------------------------------------
     @cached_property
@@ -73,13 +103,20 @@ class Tokenizer:
         return self.index[SEPARATOR]
 
     # --- encoding -------------------------------------------------------------------------------
-    def encode_chars(self, text: str) -> list[int]:
-        """One id per character; raises UnknownCharacterError naming every character not in the vocab."""
+    def encode_chars(self, text: str, unknown_as_unk: bool = False) -> list[int]:
+        """One id per character. A character not in the vocabulary raises UnknownCharacterError naming every
+        such character, or with unknown_as_unk becomes [UNK]."""
         index = self.index
         try:
             return list(map(index.__getitem__, text))  # the common case, mapped in C
         except KeyError:
+            if unknown_as_unk:
+                return [index.get(ch, self.unk_id) for ch in text]
             raise UnknownCharacterError([ch for ch in text if ch not in index]) from None
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of `text` that the vocabulary lacks, in order."""
+        return list(dict.fromkeys(ch for ch in text if ch not in self.index))
 
     def encode_prompt(self, upper: str) -> list[int]:
         """[CLS] + 上联 + '-': what the model continues with the 下联."""

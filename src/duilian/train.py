@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2LMHeadModel
 
-from .dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines
+from .dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, hide_upper, read_tokenizer, v5_prompt_lines
 from .model import PRESETS, Preset, build_model, count_parameters, init_from_model_dir
-from .tokenizer import default_tokenizer
+from .text import is_han
+from .tokenizer import Tokenizer, default_tokenizer
 
 CHECKPOINT_FORMAT = 1
 
@@ -45,7 +46,7 @@ CHECKPOINT_FORMAT = 1
 # the same run. (Logging, saving, device, compile and time budget may change between restarts.)
 _RESUME_MUST_MATCH = (
     "preset", "init_from", "dropout", "seed", "steps", "lr", "warmup", "weight_decay", "grad_clip",
-    "seq_len", "bucket", "bucket_chunk", "v5_prompt_frac",
+    "seq_len", "bucket", "bucket_chunk", "v5_prompt_frac", "unk_frac",
 )
 
 
@@ -104,6 +105,10 @@ class TrainConfig:
     """Fraction of lines shown as transformers 5 prompts them, [CLS][CLS]上联-[SEP]下联[SEP], with no
     loss on the two inserted tokens, so the model also continues that prompt (0 = never)."""
 
+    unk_frac: float = 0.005
+    """Share of 上联 characters shown as [UNK] (drawn per line and epoch), with no loss on predicting [UNK]
+    anywhere: the model learns to answer a 上联 holding a character it does not know (0 = never)."""
+
     # evaluation, logging, checkpoints
     eval_every: int = 1000
     """Steps between validation passes (also at the start and the end; 0 = only at the end)."""
@@ -155,6 +160,8 @@ class TrainConfig:
             raise ValueError("warmup is a fraction of the steps, in [0, 1)")
         if not 0 <= self.v5_prompt_frac < 1:
             raise ValueError("v5_prompt_frac is a fraction in [0, 1)")
+        if not 0 <= self.unk_frac < 1:
+            raise ValueError("unk_frac is a fraction in [0, 1)")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
 
@@ -269,6 +276,7 @@ def _model_meta(cfg: TrainConfig) -> dict:
         "preset_name": cfg.preset,
         "preset": asdict(cfg.shape()),
         "dropout": cfg.dropout,
+        "tokens": list(read_tokenizer(cfg.data).tokens),  # the vocabulary travels with the weights
         "config": asdict(cfg),
         "versions": {"torch": str(torch.__version__), "transformers": str(_transformers_version())},
     }
@@ -333,7 +341,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     `path` may be a checkpoint file (step_XXXXXXX.pt or final.pt) or a run directory, which means its
     final.pt if training finished, else its newest step checkpoint. The dict has at least: `model`
-    (state dict of GPT2LMHeadModel), `preset` (Preset fields), `preset_name`, `dropout`, `config`
+    (state dict of GPT2LMHeadModel), `preset` (Preset fields), `preset_name`, `dropout`, `tokens` (the
+    vocabulary; absent from checkpoints older than corpus vocabularies, which used BERT's), `config`
     (TrainConfig as a dict), `step`, `kind` ("final" or "checkpoint"); step checkpoints add
     `optimizer`, `scheduler`, `world_size` and `global_batch`.
     """
@@ -347,10 +356,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(p, map_location=map_location, weights_only=True)
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> GPT2LMHeadModel:
-    """A GPT2LMHeadModel (eval mode, fp32) rebuilt from a checkpoint file or run directory."""
-    ckpt = load_checkpoint(path)
-    model = build_model(Preset(**ckpt["preset"]), dropout=ckpt["dropout"])
+def checkpoint_tokenizer(ckpt: dict) -> Tokenizer:
+    """The vocabulary a checkpoint was trained with (BERT's for checkpoints written before it was stored)."""
+    return Tokenizer(tuple(ckpt["tokens"])) if "tokens" in ckpt else default_tokenizer()
+
+
+def model_from_checkpoint(path: str | Path | dict, device: str | torch.device = "cpu") -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel (eval mode, fp32) rebuilt from a checkpoint file or run directory (or a checkpoint
+    dict already read with load_checkpoint)."""
+    ckpt = path if isinstance(path, dict) else load_checkpoint(path)
+    model = build_model(Preset(**ckpt["preset"]), dropout=ckpt["dropout"], tokenizer=checkpoint_tokenizer(ckpt))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 
@@ -422,7 +437,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     amp_dtype = torch.bfloat16 if cfg.dtype == "bf16" or (cfg.dtype == "auto" and cuda) else None
     autocast = (lambda: torch.autocast(d.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    tok = default_tokenizer()
+    tok = read_tokenizer(cfg.data)  # the dataset's vocabulary: the model gets one row per token
 
     # 1) data
     train_split = TokenizedSplit.open(cfg.data, "train")
@@ -437,11 +452,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     schedule = BatchSchedule(lengths, global_batch, cfg.seed, cfg.bucket, cfg.bucket_chunk)
     pad_to = cfg.seq_len if cfg.pad == "fixed" else None
 
-    def make_batch(split: TokenizedSplit, indices: np.ndarray, v5_form: np.ndarray | None):
+    hideable = np.array([len(t) == 1 and is_han(t) for t in tok.tokens])  # [V]: what unk_frac may hide
+
+    def make_batch(split: TokenizedSplit, indices: np.ndarray, v5_form: np.ndarray | None, epoch: int | None = None):
         # Pads are filled with [SEP], not [PAD]: right of a line they are never attended to nor scored,
         # and without a [PAD] in sight transformers skips its per-batch padding check (a GPU sync).
+        # `epoch` is given for training batches only: validation sees every character as it is.
+        hidden = hide_upper(split, indices, cfg.seed, epoch, cfg.unk_frac, hideable, tok.separator_id) \
+            if cfg.unk_frac and epoch is not None else None
         b = collate(split, indices, pad_to, cfg.pad_multiple, v5_form,
-                    tok.cls_id, tok.sep_id, tok.separator_id, pad_id=tok.sep_id)
+                    tok.cls_id, tok.sep_id, tok.separator_id, pad_id=tok.sep_id, unk_id=tok.unk_id, hidden=hidden)
         keep = np.flatnonzero(b.targets.reshape(-1) != IGNORE_INDEX)
         # pinned host memory makes the copies asynchronous: the CPU builds the next batch meanwhile
         to = (lambda a: torch.from_numpy(a).pin_memory().to(d.device, non_blocking=True)) if cuda \
@@ -449,7 +469,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         return b, to(b.inputs), to(b.targets), to(keep)
 
     # 2) model, optimizer, schedule (built identically on every rank; DDP also broadcasts rank 0's weights)
-    model = build_model(preset, cfg.dropout, seed=cfg.seed)
+    model = build_model(preset, cfg.dropout, seed=cfg.seed, tokenizer=tok)
     if cfg.init_from and not (cfg.resume and latest_checkpoint(run_dir)):
         got = init_from_model_dir(model, cfg.init_from, tok.tokens)
         _print(d, f"weights from {cfg.init_from}: {got['matched']:,} tokens matched, {got['new']:,} new")
@@ -547,11 +567,13 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             v5_epoch, v5_lines = epoch, v5_prompt_lines(cfg.seed, epoch, len(train_split), cfg.v5_prompt_frac)
             v5_lines &= lengths + 2 <= cfg.seq_len  # the two extra tokens must fit, whatever the padding
         # Every rank knows the whole global batch, so the global count of real targets needs no
-        # communication: a line of L tokens has L - 1 targets in either prompt form.
+        # communication: a line of L tokens has L - 1 targets in either prompt form. ([UNK] targets, which
+        # carry no loss, are ~0.2% of them at unk_frac 0.005; counting them anyway scales every step alike
+        # and keeps the count free, and one process still equals DDP exactly.)
         _, global_idx = schedule.global_batch_at(step)
         n_global = int((lengths[global_idx] - 1).sum())
         for k, idx in enumerate(micro):
-            b, x, y, keep = make_batch(train_split, idx, v5_lines[idx])
+            b, x, y, keep = make_batch(train_split, idx, v5_lines[idx], epoch)
             # DDP averages gradients over ranks; × world_size turns that average back into the sum,
             # so the update equals one process on the whole global batch.
             sync = k == len(micro) - 1 or not d.ddp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +28,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "its hidden_size and layers_num are checked against the checkpoint")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                         help="--to hf only: cast the exported weights (default: float32)")
+    parser.add_argument("--vocab", default=None, metavar="FILE",
+                        help="--to hf only: the vocab.txt the UER model was trained with (UER files hold none; "
+                             "default: the 21,128-token BERT vocabulary, the seed's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,13 +42,15 @@ def run(args: argparse.Namespace) -> int:
         if args.to == "hf":
             dtype = getattr(torch, args.dtype) if args.dtype else None
             out = convert_uer_to_hf(args.input, args.output, layout=args.layout, layers=args.layers,
-                                    heads=args.heads, dtype=dtype, uer_config=args.config)
+                                    heads=args.heads, dtype=dtype, uer_config=args.config, vocab_path=args.vocab)
         else:
-            if args.heads is not None or args.dtype is not None or args.config is not None:
-                raise ConversionError("--heads, --config and --dtype apply to --to hf only")
+            if any(v is not None for v in (args.heads, args.dtype, args.config, args.vocab)):
+                raise ConversionError("--heads, --config, --dtype and --vocab apply to --to hf only")
             out = convert_hf_to_uer(args.input, args.output, layout=args.layout or "new", layers=args.layers)
-    except (ConversionError, FileNotFoundError) as err:
+    except (ConversionError, FileNotFoundError, ValueError) as err:
         print(f"duilian convert: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
+    if args.to == "uer":  # a UER file holds no vocabulary: UER-py needs the model's own
+        print(f"UER-py reads it with --vocab_path {Path(args.input) / 'vocab.txt'}")
     return 0

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import count_parameters
 
     try:
-        model = model_from_path(args.checkpoint)
+        model, tokenizer = model_from_path(args.checkpoint)
     except FileNotFoundError as err:
         print(f"duilian export: {err}", file=sys.stderr)
         return 2
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    out = export_model(model, args.out, dtype=dtype, max_shard_size=args.max_shard_size)
+    out = export_model(model, args.out, dtype=dtype, max_shard_size=args.max_shard_size, tokenizer=tokenizer)
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"wrote {out} ({count_parameters(model):,} parameters, {size / 2**20:.1f} MiB of weights)")
     return 0

@@ -34,6 +34,16 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="share of pairs split off for validation when --val is not given; 0 = none (default 0.01)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
+    parser.add_argument(
+        "--vocab", choices=("corpus", "bert"), default="corpus",
+        help="corpus: a vocabulary of the training split's own characters, written as vocab.txt (a model "
+        "with a quarter of BERT's rows for the public corpus); bert: the seed's 21,128-token vocabulary, "
+        "pairs with other characters rejected (default corpus)",
+    )
+    parser.add_argument(
+        "--min-count", type=int, default=3, metavar="N",
+        help="with --vocab corpus, characters seen fewer than N times become [UNK] (default 3)",
+    )
     # how
     parser.add_argument(
         "--processes", type=int, default=1,
@@ -51,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         config = PrepareConfig(
             inputs=args.inputs, out_dir=args.out, val=args.val, seq_len=args.seq_len,
             val_fraction=args.val_fraction, seed=args.seed, processes=args.processes, format=args.format,
+            vocab=args.vocab, min_count=args.min_count,
         )
         summary = prepare(config)
     # CorpusError and bad settings are ValueErrors; a missing file is an OSError, a broken .gz an

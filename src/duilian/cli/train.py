@@ -49,6 +49,9 @@ def register(p: argparse.ArgumentParser) -> None:
     g.add_argument("--v5-prompt-frac", type=float, default=S,
                    help="fraction of lines shown as [CLS][CLS]上联-[SEP]下联[SEP], transformers 5's prompt "
                         "form, with no loss on the inserted tokens (default 0.05)")
+    g.add_argument("--unk-frac", type=float, default=S,
+                   help="share of 上联 characters shown as [UNK], with no loss on predicting [UNK], so the model "
+                        "answers 上联 with characters it does not know (default 0.005)")
 
     g = p.add_argument_group("evaluation, logging, checkpoints")
     g.add_argument("--eval-every", type=int, default=S, help="steps between validation passes, 0 = only at the end (default 1000)")

@@ -78,7 +78,6 @@ def test_max_chars_is_the_model_limit(c):
     ("天" * 33, "the limit is 32"),
     ("春眠不觉晓abc", "may hold only"),
     ("春眠不觉晓\x00", "control"),
-    ("春眠不觉\u3400", "not in the model's vocabulary: \u3400"),  # a Han character outside the vocabulary
 ])
 def test_bad_input_says_why(c, text, reason):
     with pytest.raises(CoupletInputError, match=reason):
@@ -106,7 +105,7 @@ def test_acrostic(c):
 
 @pytest.mark.parametrize("heads, length, reason", [
     ("春", 7, "exactly two"), ("春福到", 7, "exactly two"), ("ab", 7, "exactly two"), ("春春", 7, "must differ"),
-    ("春\u3400", 7, "not in the model's vocabulary"), ("春福", 1, "between 2 and 32"), ("春福", 33, "between 2 and 32"),
+    ("春\u3400", 7, "not ones this model can write"), ("春福", 1, "between 2 and 32"), ("春福", 33, "between 2 and 32"),
 ])
 def test_acrostic_bad_input(c, heads, length, reason):
     with pytest.raises(CoupletInputError, match=reason):
@@ -199,3 +198,33 @@ def test_int8_weights_write_what_fp32_writes_up_to_rounding(model_dir, c, hf_mod
             assert x.checks.valid, (upper, x.text)
             gaps.append(abs(x.logprob - constrained_logprob(hf_model, c, upper, x.text)))
     assert sum(gaps) / len(gaps) < 0.0016 and max(gaps) < 0.02, (sum(gaps) / len(gaps), max(gaps))
+
+
+def test_unknown_characters_are_read_as_unk_and_reported(c):
+    """A character outside the vocabulary no longer refuses the 上联: it is read as [UNK], the candidates are
+    still right in form (its tone still counts), and each says which characters were unknown."""
+    upper = "合\u3400之喜迎新岁"  # U+3400 is in no vocabulary
+    cands = c.complete(upper, n=3, seed=0)
+    assert cands and all(x.checks.valid and len(x.text) == len(upper) for x in cands)
+    assert all(x.unknown == ("\u3400",) and x.to_dict()["unknown"] == ["\u3400"] for x in cands)
+    assert all(x.unknown == () for x in c.complete("合家之喜迎新岁", n=2, seed=0))
+    spec = c.lower_spec(c.read(upper), api.Options())
+    assert spec.prompt[2] == c.tokenizer.unk_id
+
+
+def test_traditional_in_traditional_out(c):
+    """A traditional 上联 is read in simplified and answered in traditional (script="auto"); script= forces."""
+    trad, simp = "風調雨順年年好", "风调雨顺年年好"
+    line = c.read(trad)
+    assert line.model_text == simp and line.script == "traditional" and line.shown == trad
+    from duilian.script import to_traditional
+
+    auto = c.complete(trad, n=3, seed=4)
+    plain = c.complete(simp, n=3, seed=4)
+    # the model read the same simplified line, so the answers are the same lines in the other script
+    assert [x.text for x in auto] == [to_traditional(x.text) for x in plain]
+    assert all(x.checks.valid for x in auto) and any(to_traditional(x.text) != x.text for x in plain)
+    forced = c.complete(trad, n=3, seed=4, script="simplified")
+    assert [x.text for x in forced] == [x.text for x in plain]
+    with pytest.raises(ValueError, match="script must be one of"):
+        c.complete(trad, script="kanji")

@@ -303,7 +303,10 @@ class _FakeCouplets:
                 for u in uppers]
 
     def score(self, uppers, lowers):
-        return [(len(l) + 1) * math.log(0.5) for l in lowers]
+        return [self.known_tokens(l) * math.log(0.5) for l in lowers]
+
+    def known_tokens(self, lower):
+        return 1 + sum(ch in self.tokenizer.index for ch in lower)
 
 
 def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
@@ -312,28 +315,29 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
 
     split = [("晚风摇树树还挺", "晨露润花花更红"), ("丹枫江冷人初去", "绿柳堤新燕复来"),
              ("一二三四五六七八九", "甲乙丙丁戊己庚辛壬"),  # 9 > max_chars
-             ("闲来野钓人稀处", "兴起高歌酒醉中"), ("龘来野钓人稀处", "兴起高歌酒醉中")]  # 龘: not in vocab
+             ("闲来野钓人稀处", "兴起高歌酒醉中"), ("龘来野钓人稀处", "兴起高歌酒醉中")]  # 龘: not in vocab, read as [UNK]
     (tmp_path / "in.txt").write_text("".join(" ".join(u) + " \n" for u, _ in split), encoding="utf-8")
     (tmp_path / "out.txt").write_text("".join(" ".join(l) + " \n" for _, l in split), encoding="utf-8")
     fake = _FakeCouplets(dict(split))
     monkeypatch.setattr(duilian.api, "load", lambda model_dir, device="cpu", quantize=None: fake)
 
     report = evaluate("m", tmp_path, EvalConfig(method="greedy", n=3, batch_size=2, seed=7))
-    assert report["pairs"] == 3
-    assert report["skipped"] == {"上联 longer than 8 characters": 1, "character outside the vocabulary": 1}
+    assert report["pairs"] == 4
+    assert report["skipped"] == {"上联 longer than 8 characters": 1}
+    assert report["unknown_characters"] == {"pairs": 1, "distinct": 1}
     # Batches of 2; greedy is the decoder's temperature-0 sampling; n is passed through.
-    assert [len(c[0]) for c in fake.calls] == [2, 1]
+    assert [len(c[0]) for c in fake.calls] == [2, 2]
     assert fake.calls[0][1] == 3
     assert fake.calls[0][2] == {"method": "sample", "temperature": 0.0, "allow_upper_chars": False}
     # The top candidate is the hypothesis; a 上联 without candidates counts as an empty, invalid line.
-    assert report["hypotheses"] == ["", "绿柳堤新燕复来", "兴起高歌酒醉中"]
+    assert report["hypotheses"] == ["", "绿柳堤新燕复来", "兴起高歌酒醉中", "兴起高歌酒醉中"]
     assert report["no_candidate"] == 1
-    assert report["form"]["duilian"]["valid"] == pytest.approx(2 / 3)
-    refs = ["晨露润花花更红", "绿柳堤新燕复来", "兴起高歌酒醉中"]
+    assert report["form"]["duilian"]["valid"] == pytest.approx(3 / 4)
+    refs = ["晨露润花花更红", "绿柳堤新燕复来", "兴起高歌酒醉中", "兴起高歌酒醉中"]
     assert 0 < report["bleu"]["1"] < 100
     assert report["bleu"]["1"] == pytest.approx(bleu(report["hypotheses"], refs, 1))
     assert report["perplexity"] == pytest.approx(2.0)
-    assert report["perplexity_tokens"] == 3 * 8
+    assert report["perplexity_tokens"] == 4 * 8
     assert "| 上联 with no candidate | 1 | — |" in render_markdown(report)
 
 

@@ -46,7 +46,7 @@ class Recording:
 
     def __init__(self, couplets, gate: threading.Event | None = None, refuse: str | None = None):
         self.couplets, self.gate, self.refuse = couplets, gate, refuse
-        self.max_chars, self.tokenizer, self.clean = couplets.max_chars, couplets.tokenizer, couplets.clean
+        self.max_chars, self.tokenizer, self.clean, self.read = couplets.max_chars, couplets.tokenizer, couplets.clean, couplets.read
         self.calls: list[tuple[list[str], dict]] = []
 
     def complete_batch(self, uppers, n=5, **options):
@@ -117,12 +117,12 @@ def test_couplets_normalises_and_returns_candidates_with_checks(client):
 
 def test_options_reach_the_decoder(client, model):
     body = {"upper": "春风", "n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9,
-            "seed": 5, "allow_upper_chars": True}
+            "seed": 5, "allow_upper_chars": True, "script": "traditional"}
     assert client.post("/v1/couplets", json=body).status_code == 200
     (uppers, options), = model.calls
     assert uppers == ["春风"]
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
-                       "allow_upper_chars": True}  # one seed per 上联
+                       "allow_upper_chars": True, "script": "traditional"}  # one seed per 上联
 
 
 def test_acrostic(client):
@@ -247,7 +247,6 @@ BAD_COUPLET_BODIES = [
     ("unknown method", json.dumps({"upper": "春风", "method": "greedy"}), 422, "method"),
     ("top_p out of range", json.dumps({"upper": "春风", "top_p": 1.5}), 422, "top_p"),
     ("negative seed", json.dumps({"upper": "春风", "seed": -1}), 422, "seed"),
-    ("unknown character", json.dumps({"upper": "春\u9fa6"}), 422, "vocabulary"),
 ]
 
 
@@ -717,3 +716,17 @@ def test_queued_requests_whose_clients_left_are_never_decoded(tiny):
         good = httpx.post(url + "/v1/couplets", json={"upper": "明月"}, timeout=30)
         assert good.status_code == 200
     assert [uppers for uppers, _ in model.calls] == [["开门"], ["明月"]]  # nothing for the clients that left
+
+
+def test_unknown_characters_and_traditional_script(client):
+    """A character outside the vocabulary is read as [UNK] and named in `unknown`; a traditional 上联 gets a
+    traditional answer (script auto), or a simplified one when asked."""
+    r = client.post("/v1/couplets", json={"upper": "合\u3400之喜迎新岁", "n": 2, "seed": 1})
+    assert_good_couplets(r, "合\u3400之喜迎新岁", 2)
+    body = r.json()
+    assert body["unknown"] == ["\u3400"] and body["script"] == "simplified"
+    r = client.post("/v1/couplets", json={"upper": "風調雨順年年好", "n": 2, "seed": 1})
+    assert r.status_code == 200 and r.json()["script"] == "traditional" and r.json()["unknown"] == []
+    simplified = client.post("/v1/couplets", json={"upper": "風調雨順年年好", "n": 2, "seed": 1, "script": "simplified"})
+    assert simplified.json()["script"] == "simplified"
+    assert client.post("/v1/couplets", json={"upper": "春", "script": "kanji"}).status_code == 422

@@ -19,8 +19,9 @@ import torch
 
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
+from .script import SCRIPTS, answer_script, to_simplified, to_traditional
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
-from .tokenizer import Tokenizer, UnknownCharacterError, default_tokenizer
+from .tokenizer import Tokenizer, default_tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 ACROSTIC_LOWERS = 3
@@ -44,10 +45,12 @@ class Candidate:
     rule_score: float
     """Fraction of rhythm positions whose tones oppose the 上联's (decode.RULE_NEUTRAL when none count)."""
     checks: FormChecks
+    unknown: tuple[str, ...] = ()
+    """Characters of the 上联 the model does not know: it read them as [UNK] (form and tones still use them)."""
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "valid": self.checks.valid, "checks": self.checks.to_dict()}
+                "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown)}
 
 
 @dataclass
@@ -80,6 +83,12 @@ class Options:
     """Let the 下联 use the 上联's characters (never at the same position)."""
     require_level_ending: bool = True
     """A 上联 ending 仄 gets a 下联 ending 平 (a hard rule); False leaves the final tone free."""
+    script: str = "auto"
+    """The answer's script: auto (the 上联's), simplified or traditional (script.SCRIPTS)."""
+
+    def __post_init__(self):
+        if self.script not in SCRIPTS:
+            raise ValueError(f"script must be one of {', '.join(SCRIPTS)}, not {self.script!r}")
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
@@ -109,8 +118,24 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
             hint = "; it looks like a training run: `duilian export --checkpoint RUN --out DIR` first" \
                 if (path / "checkpoints").is_dir() or (path / "final.pt").is_file() else ""
             raise FileNotFoundError(f"{path} is not a HuggingFace model directory{hint}")
-        return Couplets(GPT2Weights.from_dir(path, dtype=dtype, device=device), quantize=quantize)
+        return Couplets(GPT2Weights.from_dir(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize)
     return Couplets(model.to(device).eval(), quantize=quantize)
+
+
+@dataclass(frozen=True)
+class Line:
+    """A 上联 as the user wrote it, as the model reads it, and the script to answer in (Couplets.read)."""
+
+    text: str
+    """Normalised, in the user's script."""
+    model_text: str
+    """Simplified, regional variants unified: what the model reads (the corpus is simplified)."""
+    script: str
+    """"simplified" or "traditional": the script of the answer."""
+    shown: str
+    """The 上联 in the answer's script: what the 下联 is checked against."""
+    unknown: tuple[str, ...]
+    """Characters of model_text outside the model's vocabulary, read as [UNK]."""
 
 
 class Couplets:
@@ -137,17 +162,25 @@ class Couplets:
         self._scorer = self.net if quantize is None else None
 
     # --- input ------------------------------------------------------------------------------------------------
+    def read(self, upper: str, script: str = "auto") -> Line:
+        """A 上联 as typed -> a Line, or CoupletInputError saying why it cannot be used (no Chinese, Latin
+        letters, emoji, control characters, too long). Traditional and variant characters are read in
+        simplified; a character the model still does not know is read as [UNK]."""
+        text = clean_upper(upper, self.max_chars)
+        model_text = to_simplified(text)
+        answer = answer_script(text, script)
+        if answer == "simplified":
+            shown = model_text
+        else:  # a traditional answer stands beside the 上联 in traditional, as typed where it was typed so
+            shown = text if model_text != text else to_traditional(text)
+        return Line(text, model_text, answer, shown, tuple(self.tokenizer.unknown(model_text)))
+
     def clean(self, upper: str) -> str:
         """The normalised 上联, or CoupletInputError saying why it cannot be used."""
-        line = clean_upper(upper, self.max_chars)
-        self._ids(line)
-        return line
+        return self.read(upper).text
 
-    def _ids(self, line: str) -> list[int]:
-        try:
-            return self.tokenizer.encode_chars(line)
-        except UnknownCharacterError as e:
-            raise CoupletInputError(f"characters not in the model's vocabulary: {''.join(dict.fromkeys(e.chars))}") from None
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode_chars(text, unknown_as_unk=True)
 
     # --- writing ----------------------------------------------------------------------------------------------
     def complete(self, upper: str, n: int = 5, **options) -> list[Candidate]:
@@ -164,26 +197,31 @@ class Couplets:
         if any(s is not None and not isinstance(s, int) for s in seeds):
             raise ValueError("a seed is an int or None")
         opts = Options(n=n, **options)
-        lines = [self.clean(u) for u in uppers]
+        lines = [self.read(u, opts.script) for u in uppers]
         specs = [self.lower_spec(line, opts) for line in lines]
         for spec, s in zip(specs, seeds):
             spec.seed = s
         hyps = decode.decode(self.net, self.vocab, specs, opts.search())
         return [[self._candidate(line, h, opts) for h in hs] for line, hs in zip(lines, hyps)]
 
-    def lower_spec(self, upper: str, opts: Options, first: str | None = None) -> decode.LineSpec:
-        """The rules for a 下联 of `upper` (already clean), position by position. `first` forces the first
-        character (藏头)."""
-        ids = self._ids(upper)
-        n = len(upper)
-        pattern = repeat_pattern(upper)
-        punct = [is_punct(ch) for ch in upper]
+    def lower_spec(self, upper: Line | str, opts: Options, first: str | None = None) -> decode.LineSpec:
+        """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
+        forces the first character (藏头; simplified, in the vocabulary).
+
+        The prompt is what the model reads (model_text, unknown characters as [UNK]); marks, 重字 and tones
+        come from the 上联 in the answer's script, which the 下联 is checked against."""
+        line = upper if isinstance(upper, Line) else Line(upper, upper, "simplified", upper, ())
+        shown = line.shown
+        ids = self._ids(line.model_text)
+        n = len(shown)
+        pattern = repeat_pattern(shown)
+        punct = [is_punct(ch) for ch in shown]
         forced = [ids[i] if punct[i] else -1 for i in range(n)]
         if first is not None:
             forced[0] = self._ids(first)[0]
-        last = max(i for i, ch in enumerate(upper) if is_han(ch))
-        ends_oblique = tone_of(upper[last]) == OBLIQUE
-        rhythm = set(rhythm_positions(upper))
+        last = max(i for i, ch in enumerate(shown) if is_han(ch))
+        ends_oblique = tone_of(shown[last]) == OBLIQUE
+        rhythm = set(rhythm_positions(shown))
         return decode.LineSpec(
             prompt=[self.tokenizer.cls_id, *ids, self.tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
             length=n,
@@ -194,14 +232,17 @@ class Couplets:
             banned=[] if opts.allow_upper_chars else sorted({ids[i] for i in range(n) if not punct[i]}),
             final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
             final_rule=decode.END_LEVEL if opts.require_level_ending and ends_oblique else decode.END_ANY,
-            rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(upper)],
+            rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
             seed=opts.seed,
         )
 
-    def _candidate(self, upper: str, h: decode.Hypothesis, opts: Options) -> Candidate:
+    def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options) -> Candidate:
         text = self.tokenizer.decode(h.tokens)
+        if line.script == "traditional":
+            text = to_traditional(text)
         return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score,
-                         checks=check_pair(upper, text, allow_upper_chars=opts.allow_upper_chars))
+                         checks=check_pair(line.shown, text, allow_upper_chars=opts.allow_upper_chars),
+                         unknown=line.unknown)
 
     def acrostic(self, heads: str, length: int = 7, n: int = 5, **options) -> list[AcrosticCouplet]:
         """Up to n 藏头 couplets: a 上联 of `length` characters starting with heads[0] and ending 仄, written
@@ -210,8 +251,13 @@ class Couplets:
         heads = normalize(heads) if isinstance(heads, str) else heads
         if not isinstance(heads, str) or len(heads) != 2 or not all(is_han(ch) for ch in heads):
             raise CoupletInputError("藏头 needs exactly two Chinese characters, e.g. 春福")
+        script = answer_script(heads, opts.script)
+        heads = to_simplified(heads)  # the model writes simplified; the answer is converted back below
         if heads[0] == heads[1]:
             raise CoupletInputError("the two 藏头 characters must differ (the 下联 may not copy the 上联 in place)")
+        unknown = self.tokenizer.unknown(heads)
+        if unknown:  # a head is written, not read: it must be a token the model can emit
+            raise CoupletInputError(f"the 藏头 characters {''.join(unknown)} are not ones this model can write")
         h0, h1 = self._ids(heads)
         if not isinstance(length, int) or not 2 <= length <= self.max_chars:
             raise CoupletInputError(f"the 藏头 couplet length must be between 2 and {self.max_chars}, not {length}")
@@ -240,6 +286,8 @@ class Couplets:
             if lows:
                 low = lows[0]
                 lower = self.tokenizer.decode(low.tokens)
+                if script == "traditional":
+                    text, lower = to_traditional(text), to_traditional(lower)
                 out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,
                                            checks=check_pair(text, lower, opts.allow_upper_chars)))
         return sorted(out, key=lambda c: -c.score)
@@ -247,13 +295,15 @@ class Couplets:
     # --- scoring ----------------------------------------------------------------------------------------------
     def score(self, uppers: list[str], lowers: list[str]) -> list[float]:
         """Sum of the log-probs of each 下联's tokens and the closing [SEP], given [CLS] 上联 '-' (no
-        constraints: the model's own distribution)."""
+        constraints: the model's own distribution). Both lines are read in simplified; unknown 上联
+        characters as [UNK]. A 下联 character outside the vocabulary adds nothing (the model never writes
+        [UNK]): `known_tokens` counts what was scored."""
         if len(uppers) != len(lowers):
             raise ValueError(f"{len(uppers)} 上联 but {len(lowers)} 下联")
         seqs, starts = [], []
         for u, l in zip(uppers, lowers):
-            prompt = self.tokenizer.encode_prompt(self.clean(u))
-            lower = normalize(l)
+            prompt = [self.tokenizer.cls_id, *self._ids(self.read(u).model_text), self.tokenizer.separator_id]
+            lower = to_simplified(normalize(l))
             if not lower:
                 raise CoupletInputError("the 下联 is empty")
             seqs.append(prompt + self._ids(lower) + [self.tokenizer.sep_id])
@@ -273,8 +323,14 @@ class Couplets:
                 logp = torch.log_softmax(logits, dim=-1)
                 for b, (s, st) in enumerate(zip(batch, first)):
                     target = torch.tensor(s[st:], device=self.device)
-                    scores.append(logp[b, st - 1:len(s) - 1].gather(1, target[:, None]).sum().item())
+                    token_logp = logp[b, st - 1:len(s) - 1].gather(1, target[:, None])[:, 0]
+                    scores.append(token_logp[target != self.tokenizer.unk_id].sum().item())
         return scores
+
+    def known_tokens(self, lower: str) -> int:
+        """How many tokens `score` scores for this 下联: its characters in the vocabulary, and [SEP]."""
+        text = to_simplified(normalize(lower))
+        return 1 + sum(ch in self.tokenizer.index for ch in text)
 
 
 @lru_cache(maxsize=4)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .corpus import read_pairs as read_corpus, resolve_source
 from .rules import check_pair
+from .script import to_simplified
 from .text import CoupletInputError, clean_upper, normalize
 
 METHODS = ("beam", "sample", "greedy")
@@ -176,7 +177,8 @@ def _decode_options(config: EvalConfig) -> dict:
 
 def _usable(pairs, couplets) -> tuple[list[tuple[str, str]], dict[str, int]]:
     """Drop the pairs the model cannot take, counted by reason: a 上联 longer than the model fits or that
-    clean_upper rejects, or a character outside the vocabulary on either side."""
+    clean_upper rejects. Characters outside the vocabulary are no reason: the model reads them as [UNK]
+    (and `unknown_characters` in the report counts them)."""
     kept, skipped = [], Counter()
     for u, l in pairs:
         if len(u) > couplets.max_chars:
@@ -184,12 +186,9 @@ def _usable(pairs, couplets) -> tuple[list[tuple[str, str]], dict[str, int]]:
         else:
             try:
                 clean_upper(u, couplets.max_chars)
-                couplets.tokenizer.encode_chars(u + l)
                 reason = None
             except CoupletInputError:
                 reason = "上联 rejected by clean_upper"
-            except ValueError:  # duilian.tokenizer.UnknownCharacterError
-                reason = "character outside the vocabulary"
         if reason:
             skipped[reason] += 1
         else:
@@ -230,10 +229,12 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
     no_candidate = sum(not h for h in hyps)
 
     # 2) Perplexity of the references: one score per pair = sum of log p over 下联 + [SEP].
+    #    A reference character outside the vocabulary is not scored (the model never writes [UNK]).
     logprobs: list[float] = []
     for chunk in chunks:
         logprobs.extend(couplets.score([uppers[i] for i in chunk], [refs[i] for i in chunk]))
-    token_counts = [len(l) + 1 for l in refs]
+    token_counts = [couplets.known_tokens(l) for l in refs]
+    unknown = [couplets.tokenizer.unknown(to_simplified(u + l)) for u, l in pairs]  # read or scored as [UNK]
 
     # 3) Metrics.
     ours = list(zip(uppers, hyps))
@@ -247,6 +248,8 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
         "bleu": {str(n): bleu(hyps, refs, n) for n in BLEU_ORDERS},
         "perplexity": perplexity(logprobs, token_counts),
         "perplexity_tokens": sum(token_counts),
+        "unknown_characters": {"pairs": sum(1 for chars in unknown if chars),
+                               "distinct": len({ch for chars in unknown for ch in chars})},
         "form": {
             "duilian": form_metrics(ours, config.allow_upper_chars),
             "reference": form_metrics(pairs, config.allow_upper_chars),
@@ -323,7 +326,10 @@ def render_markdown(report: dict) -> str:
         f"Test split `{report['test']}`: {report['pairs']} pairs"
         + (f" ({sum(report['skipped'].values())} skipped: "
            + ", ".join(f"{k} × {v}" for k, v in report["skipped"].items()) + ")" if report["skipped"] else "")
-        + f"; decoding `{cfg['method']}`, n={cfg['n']}, batch {cfg['batch_size']}, device {cfg['device']}.",
+        + f"; decoding `{cfg['method']}`, n={cfg['n']}, batch {cfg['batch_size']}, device {cfg['device']}."
+        + (f" {report['unknown_characters']['pairs']} pairs hold characters outside the model's vocabulary: read "
+           "as [UNK] in the 上联, not scored in the reference." if report.get("unknown_characters", {}).get("pairs")
+           else ""),
         "",
         "| metric | duilian | reference |",
         "|---|---|---|",

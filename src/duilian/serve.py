@@ -144,6 +144,8 @@ class DecodeOptions(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1: off")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same answer (alone or batched)")
     allow_upper_chars: bool = Field(False, description="let the 下联 reuse characters of the 上联 elsewhere")
+    script: Literal["auto", "simplified", "traditional"] = Field(
+        "auto", description="the answer's script: auto follows the input (a traditional 上联 gets a traditional 下联)")
 
     def decoder_kwargs(self) -> dict[str, Any]:
         return self.model_dump(exclude={"upper", "heads", "length"})
@@ -376,7 +378,8 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
               summary="下联 candidates for a 上联, best first, with their form checks")
     async def couplets_endpoint(req: CoupletRequest, request: Request) -> StrictJSONResponse:
         # decode
-        upper = couplets.clean(req.upper)  # CoupletInputError (422) says what is wrong
+        line = couplets.read(req.upper, req.script)  # CoupletInputError (422) says what is wrong
+        upper = line.text
         options = req.decoder_kwargs()
         check_work(options["n"] * len(upper))
         # predict: requests with equal options share a complete_batch call. The seed is not one of them:
@@ -386,7 +389,9 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         candidates = await batcher.submit(key, (upper, seed), config.request_timeout_s,
                                           client_gone=lambda: _client_gone(request))
         # encode
-        return StrictJSONResponse({"upper": upper, "candidates": encode(candidates)})
+        # `unknown`: characters the model read as [UNK] (the page marks them); `script`: the answer's script
+        return StrictJSONResponse({"upper": upper, "script": line.script, "unknown": list(line.unknown),
+                                   "candidates": encode(candidates)})
 
     @app.post("/v1/acrostic", response_class=StrictJSONResponse,
               summary="藏头 couplets: the two heads open the 上联 and the 下联")

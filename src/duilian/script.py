@@ -1,0 +1,81 @@
+"""Traditional and simplified script: the model reads simplified, the user gets their own script back.
+
+The training corpus is simplified Chinese, so a model has never seen 風, 調 or 盡: a traditional 上联 is read
+through OpenCC (the maintained converter, not a hand-written table) before tokenizing, and the 下联 is
+turned back into traditional when the user wrote traditional (`script="auto"`) or asked for it.
+
+    to_simplified("風調雨順年年好")  -> "风调雨顺年年好"   (also variant forms: 簷 -> 檐, 粧 -> 妆)
+    to_traditional("国泰民安岁岁安") -> "國泰民安歲歲安"
+
+Conversions here always keep the length, character for character: the form rules (length, punctuation,
+重字) are checked position by position, so a phrase rule that merged or split characters would break them.
+Where OpenCC's phrase-aware output has another length, or (for the answer) changes which positions repeat,
+each character is converted on its own instead.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .rules import repeat_pattern
+
+SCRIPTS = ("auto", "simplified", "traditional")
+"""The script of the answer: auto follows the 上联, or always simplified, or always traditional."""
+
+# OpenCC configs, applied in order. tw2s and hk2s each do traditional -> simplified and also undo their
+# region's variant forms (簷 -> 檐 via Taiwan's, 粧 -> 妆 via Hong Kong's), which plain t2s leaves alone.
+_TO_SIMPLIFIED = ("hk2s", "tw2s")
+_TO_TRADITIONAL = "s2t"
+
+
+@lru_cache(maxsize=None)
+def _converter(config: str):
+    import opencc  # imported on first use: a few tens of milliseconds that most commands never need
+
+    return opencc.OpenCC(config)
+
+
+def _convert(text: str, configs: tuple[str, ...]) -> str:
+    out = text
+    for config in configs:
+        out = _converter(config).convert(out)
+    if len(out) != len(text):  # a phrase rule changed the length: convert character by character
+        out = "".join(_convert_char(ch, configs) for ch in text)
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _convert_char(ch: str, configs: tuple[str, ...]) -> str:
+    out = ch
+    for config in configs:
+        out = _converter(config).convert(out)
+    return out if len(out) == 1 else ch
+
+
+def to_simplified(text: str) -> str:
+    """The simplified form of `text` (traditional characters and regional variants converted), same length."""
+    return _convert(text, _TO_SIMPLIFIED)
+
+
+def to_traditional(text: str) -> str:
+    """The traditional form of `text`, same length and with the same positions repeating (重字 stay 重字,
+    different characters stay different)."""
+    out = _convert(text, (_TO_TRADITIONAL,))
+    if repeat_pattern(out) != repeat_pattern(text):  # phrase context gave one character two forms (发 -> 發/髮)
+        out = "".join(_convert_char(ch, (_TO_TRADITIONAL,)) for ch in text)
+    return out
+
+
+def is_traditional(text: str) -> bool:
+    """Whether `text` holds characters that simplified script writes differently."""
+    return to_simplified(text) != text
+
+
+def answer_script(text: str, script: str) -> str:
+    """"simplified" or "traditional": the script to answer a 上联 `text` in, for script = one of SCRIPTS."""
+    if script not in SCRIPTS:
+        raise ValueError(f"script must be one of {', '.join(SCRIPTS)}, not {script!r}")
+    if script == "auto":
+        return "traditional" if is_traditional(text) else "simplified"
+    return script
+

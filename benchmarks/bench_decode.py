@@ -31,7 +31,7 @@ from duilian.api import Couplets, Options
 from duilian.model import build_model, load_model
 from duilian.rules import check_pair
 from duilian.text import CoupletInputError
-from duilian.tokenizer import default_tokenizer
+from duilian.tokenizer import Tokenizer, default_tokenizer
 
 N = 5  # candidates per 上联, as num_return_sequences=5
 SEED_MAX_LENGTH = 25  # the seed's pipeline snippet
@@ -43,18 +43,20 @@ def read_uppers(path: Path, count: int, c: Couplets) -> list[str]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                out.append(c.clean(line))
+                line = c.clean(line)
             except CoupletInputError:
                 continue
+            if not c.tokenizer.unknown(line):  # the baseline cannot encode characters outside the vocabulary
+                out.append(line)
             if len(out) == count:
                 break
     return out
 
 
 # --- the baseline ---------------------------------------------------------------------------------------------
-def baseline_batch(model, uppers: list[str], seed: int) -> list[list[str]]:
+def baseline_batch(model, uppers: list[str], seed: int, tok=None) -> list[list[str]]:
     """transformers generate, sampling, for a batch of 上联 (left padded) -> N 下联 texts per 上联."""
-    tok = default_tokenizer()
+    tok = tok or default_tokenizer()
     pad, sep = tok.pad_id, tok.sep_id  # (properties: look them up once, not per token)
     prompts = [tok.encode_prompt(u) for u in uppers]
     T = max(len(p) for p in prompts)
@@ -70,6 +72,17 @@ def baseline_batch(model, uppers: list[str], seed: int) -> list[list[str]]:
             row = row[:row.index(sep)]
         texts.append("".join(tok.tokens[i] for i in row if i != pad))
     return [texts[i * N:(i + 1) * N] for i in range(len(uppers))]
+
+
+def cpu_info() -> dict:
+    """What the int8 figures depend on: torch's CPU capability, the activation range decode chose, and
+    fbgemm's instruction cap if one is set (FBGEMM_ENABLE_INSTRUCTIONS=AVX2 runs the non-VNNI kernels)."""
+    import os
+
+    from duilian.decode import int8_full_range
+
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "int8_full_range": int8_full_range(),
+            "fbgemm_override": os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "")}
 
 
 def validity(uppers: list[str], lowers: list[list[str]]) -> float:
@@ -101,17 +114,17 @@ def int8_agreement(fp32: Couplets, int8: Couplets, uppers: list[str]) -> dict:
 
 
 # --- one preset -----------------------------------------------------------------------------------------------
-def bench(model, name: str, args) -> dict:
+def bench(model, name: str, args, tokenizer=None) -> dict:
     # duilian with the model's own fp32 weights, and (unless --no-int8 or no int8 kernel) with int8 weights.
-    sides = {"duilian": Couplets(model)}
+    sides = {"duilian": Couplets(model, tokenizer)}
     if args.int8:
-        sides["duilian_int8"] = Couplets(model, quantize="int8")
+        sides["duilian_int8"] = Couplets(model, tokenizer, quantize="int8")
     c = sides["duilian"]
     uppers = read_uppers(args.test, args.count, c)
     latency_set = uppers[:args.latency_lines]
     with torch.inference_mode():
         # warm-up, all sides
-        baseline_batch(model, latency_set[:1], 0)
+        baseline_batch(model, latency_set[:1], 0, c.tokenizer)
         for s in sides.values():
             s.complete(latency_set[0], n=N, seed=0)
 
@@ -123,7 +136,7 @@ def bench(model, name: str, args) -> dict:
         # 1) latency: one 上联, 5 candidates
         lat = {"baseline": [], **{k: [] for k in sides}}
         for i, u in enumerate(latency_set):
-            lat["baseline"].append(timed(lambda: baseline_batch(model, [u], i)))
+            lat["baseline"].append(timed(lambda: baseline_batch(model, [u], i, c.tokenizer)))
             for k, s in sides.items():
                 lat[k].append(timed(lambda: s.complete(u, n=N, seed=i)))
         # 2) throughput: all 上联 in batches of --batch, the sides taking turns batch by batch so that a
@@ -135,7 +148,7 @@ def bench(model, name: str, args) -> dict:
         t = dict.fromkeys(outs, 0.0)
         for i in range(0, len(by_length), args.batch):
             batch = by_length[i:i + args.batch]
-            t["baseline"] += timed(lambda: outs["baseline"].extend(baseline_batch(model, batch, i)))
+            t["baseline"] += timed(lambda: outs["baseline"].extend(baseline_batch(model, batch, i, c.tokenizer)))
             for k, s in sides.items():
                 t[k] += timed(lambda: outs[k].extend(s.complete_batch(batch, n=N, seed=i)))
         # 3) duilian given all 上联 in one call, as `duilian generate --input` does (it decodes lines of equal
@@ -195,10 +208,14 @@ def main(argv=None) -> int:
             args.int8 = False
     models = [(args.model, load_model(args.model))] if args.model else \
         [(name, build_model(name, dropout=0.0, seed=0).eval()) for name in args.presets.split(",")]
+    tokenizer = Tokenizer.from_dir(args.model) if args.model else None
     results = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {N} candidates per 上联")
+    print(f"CPU capability {cpu_info()['capability']}; int8 activations "
+          f"{'8-bit (VNNI)' if cpu_info()['int8_full_range'] else '7-bit (no VNNI: reduce_range)'}"
+          + (f"; FBGEMM_ENABLE_INSTRUCTIONS={cpu_info()['fbgemm_override']}" if cpu_info()["fbgemm_override"] else ""))
     for name, model in models:
-        r = bench(model, name, args)
+        r = bench(model, name, args, tokenizer)
         results.append(r)
         lat, thr, val = r["latency_ms"], r["throughput_candidates_per_s"], r["form_valid"]
         one = r["throughput_one_call_candidates_per_s"]
@@ -214,8 +231,8 @@ def main(argv=None) -> int:
                   f"{a['max_abs_logprob_diff']:.4f}, mean {a['mean_abs_logprob_diff']:.4f}, mean of per-position max "
                   f"{a['mean_max_abs_logprob_diff']:.4f}; top-1 agreement {a['top1_agreement']:.1%}", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "results": results}, indent=2,
-                                        ensure_ascii=False))
+        args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "cpu": cpu_info(), "results": results},
+                                        indent=2, ensure_ascii=False))
     return 0
 
 

@@ -12,7 +12,7 @@ import duilian
 from duilian import api, decode
 from duilian.model import build_model
 from duilian.rules import tone_of
-from duilian.text import CoupletInputError
+from duilian.text import CoupletInputError, is_han
 from duilian.tokenizer import default_tokenizer
 
 FIXTURE_UPPERS = Path(__file__).parent / "fixtures" / "couplets" / "in.txt"
@@ -228,3 +228,25 @@ def test_traditional_in_traditional_out(c):
     assert [x.text for x in forced] == [x.text for x in plain]
     with pytest.raises(ValueError, match="script must be one of"):
         c.complete(trad, script="kanji")
+
+
+def test_hengpi_with_each_candidate_in_the_couplet_s_script(c):
+    """Options.hengpi asks for that many 横批 per candidate: 4 Han characters each, distinct, best first, the
+    same the public c.hengpi gives for that couplet; in traditional for a traditional couplet; none by default."""
+    cands = c.complete("天增岁月人增寿", n=2, seed=0, hengpi=3)
+    for x in cands:
+        assert len(x.hengpi) == 3 and len({h.text for h in x.hengpi}) == 3
+        assert all(len(h.text) == 4 and all(is_han(ch) for ch in h.text) for h in x.hengpi)
+        assert [h.score for h in x.hengpi] == sorted((h.score for h in x.hengpi), reverse=True)
+        assert [h.text for h in x.hengpi] == [h.text for h in c.hengpi("天增岁月人增寿", x.text)]
+        assert x.to_dict()["hengpi"][0]["text"] == x.hengpi[0].text
+    assert all(x.hengpi == () and "hengpi" not in x.to_dict() for x in c.complete("天增岁月人增寿", n=2, seed=0))
+    from duilian.script import to_traditional
+
+    trad = c.complete("風調雨順年年好", n=1, seed=0, hengpi=2)[0]
+    simp = c.complete("风调雨顺年年好", n=1, seed=0, hengpi=2)[0]
+    assert [h.text for h in trad.hengpi] == [to_traditional(h.text) for h in simp.hengpi]
+    pairs = c.acrostic("春福", n=1, seed=0, hengpi=2)
+    assert all(len(p.hengpi) == 2 for p in pairs)
+    with pytest.raises(ValueError, match="hengpi is a count"):
+        c.complete("天增岁月人增寿", hengpi=-1)

@@ -135,3 +135,29 @@ def test_generate_int8_writes_what_fp32_writes_up_to_rounding(model_dir, tmp_pat
     # the saturating kernel.
     gaps = [abs(a - b) for a, b in same]
     assert sum(gaps) / len(gaps) < 0.0014 and max(gaps) < 0.02, (sum(gaps) / len(gaps), max(gaps))
+
+
+def test_generate_hengpi_svg_and_script(model_dir, tmp_path, capsys):
+    """--hengpi adds 3 banners per line; --svg draws the best couplet as hanging.couplet_svg does; a traditional
+    上联 is answered in traditional, and --script simplified overrides that."""
+    import xml.etree.ElementTree as ET
+
+    from duilian.hanging import couplet_svg
+
+    svg = tmp_path / "c.svg"
+    assert main(["generate", "天增岁月人增寿", "--model", model_dir, "-n", "2", "--seed", "1", "--hengpi",
+                 "--svg", str(svg), "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["candidates"][0]
+    assert len(best["hengpi"]) == 3 and all(len(h["text"]) == 4 for h in best["hengpi"])
+    drawn = svg.read_text(encoding="utf-8")
+    assert drawn == couplet_svg("天增岁月人增寿", best["text"], best["hengpi"][0]["text"])
+    ET.fromstring(drawn)  # well-formed
+    assert main(["generate", "風調雨順年年好", "--model", model_dir, "-n", "1", "--seed", "1", "--json"]) == 0
+    trad = json.loads(capsys.readouterr().out)
+    assert trad["script"] == "traditional" and trad["upper"] == "風調雨順年年好" and trad["candidates"][0]["valid"]
+    assert main(["generate", "風調雨順年年好", "--model", model_dir, "-n", "1", "--seed", "1", "--json",
+                 "--script", "simplified"]) == 0
+    simp = json.loads(capsys.readouterr().out)
+    assert simp["script"] == "simplified" and simp["upper"] == "风调雨顺年年好"
+    assert main(["generate", "--input", str(FIXTURE / "in.txt"), "--model", model_dir, "--svg", str(svg)]) == 2
+    assert "--svg draws one couplet" in capsys.readouterr().err

@@ -122,7 +122,7 @@ def test_options_reach_the_decoder(client, model):
     (uppers, options), = model.calls
     assert uppers == ["春风"]
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
-                       "allow_upper_chars": True, "script": "traditional"}  # one seed per 上联
+                       "allow_upper_chars": True, "script": "traditional", "hengpi": 0}  # one seed per 上联
 
 
 def test_acrostic(client):
@@ -730,3 +730,15 @@ def test_unknown_characters_and_traditional_script(client):
     simplified = client.post("/v1/couplets", json={"upper": "風調雨順年年好", "n": 2, "seed": 1, "script": "simplified"})
     assert simplified.json()["script"] == "simplified"
     assert client.post("/v1/couplets", json={"upper": "春", "script": "kanji"}).status_code == 422
+
+
+def test_hengpi_on_request(client):
+    """"hengpi": true adds the offered 横批 to every candidate; without it there are none."""
+    r = client.post("/v1/couplets", json={"upper": "天增岁月人增寿", "n": 2, "seed": 1, "hengpi": True})
+    assert_good_couplets(r, "天增岁月人增寿", 2)
+    for cand in r.json()["candidates"]:
+        assert [len(h["text"]) for h in cand["hengpi"]] == [4, 4, 4]
+        assert all(math.isfinite(h["score"]) for h in cand["hengpi"])
+    plain = client.post("/v1/couplets", json={"upper": "天增岁月人增寿", "n": 2, "seed": 1})
+    assert all("hengpi" not in cand for cand in plain.json()["candidates"])
+    assert client.post("/v1/couplets", json={"upper": "天增岁月人增寿", "hengpi": 3}).status_code == 422  # a bool

@@ -70,8 +70,10 @@ def one_thread():
 
 
 def tiny(data_dir: Path, out: Path, **kw) -> TrainConfig:
+    # fp32 unless a test says otherwise: `auto` is bf16 on CPUs with AVX-512 BF16 and fp32 on others, and the
+    # comparisons below (eager vs compiled, DDP vs one process) are tolerances for fp32 rounding
     base = dict(data=str(data_dir), out=str(out), preset="tiny", steps=10, batch_size=8, lr=3e-3,
-                report_every=5, eval_every=0, eval_batches=2, save_every=1000)
+                report_every=5, eval_every=0, eval_batches=2, save_every=1000, dtype="fp32")
     return TrainConfig(**{**base, **kw})
 
 
@@ -470,3 +472,15 @@ def test_zero_interval_means_only_at_the_end(data_dir, tmp_path, field):
         train(tiny(data_dir, run, steps=3, **{field: 0}))
     assert (run / "final.pt").exists()
     assert (run / "metrics.jsonl").read_text().strip()
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_multiplies_bf16(data_dir, tmp_path, monkeypatch, capsys):
+    """--dtype auto: bf16 autocast on a CPU with native bf16 matmuls (AVX-512 BF16, AMX), fp32 elsewhere, where
+    torch would emulate bf16 more slowly than fp32. Decided by train.cpu_has_bf16, faked both ways here."""
+    import duilian.train as train_module
+
+    for native, expect in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(train_module, "cpu_has_bf16", lambda native=native: native)
+        with one_thread():
+            train(tiny(data_dir, tmp_path / expect, steps=1, dtype="auto"))
+        assert f"cpu {expect}" in capsys.readouterr().out

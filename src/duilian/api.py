@@ -19,6 +19,7 @@ import torch
 
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
+from .hengpi import Hengpi
 from .script import SCRIPTS, answer_script, to_simplified, to_traditional
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
@@ -26,6 +27,9 @@ from .tokenizer import Tokenizer, default_tokenizer
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 ACROSTIC_LOWERS = 3
 """下联 candidates written per 藏头 上联; the best one is kept."""
+HENGPI_OFFERED = 3
+"""横批 offered with a couplet by the CLI (--hengpi) and the web page."""
+MAX_HENGPI = 10
 
 _TONE_CODE = {None: decode.TONE_NONE, LEVEL: decode.TONE_LEVEL, OBLIQUE: decode.TONE_OBLIQUE}
 
@@ -47,10 +51,15 @@ class Candidate:
     checks: FormChecks
     unknown: tuple[str, ...] = ()
     """Characters of the 上联 the model does not know: it read them as [UNK] (form and tones still use them)."""
+    hengpi: tuple[Hengpi, ...] = ()
+    """横批 for this couplet, best first (Options.hengpi of them; none unless asked)."""
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown)}
+        out = {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
+               "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown)}
+        if self.hengpi:
+            out["hengpi"] = [{"text": h.text, "score": h.score} for h in self.hengpi]
+        return out
 
 
 @dataclass
@@ -62,10 +71,15 @@ class AcrosticCouplet:
     score: float
     """Mean of the two lines' scores."""
     checks: FormChecks
+    hengpi: tuple[Hengpi, ...] = ()
+    """横批 for this couplet, best first (none unless asked)."""
 
     def to_dict(self) -> dict:
-        return {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
-                "checks": self.checks.to_dict()}
+        out = {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
+               "checks": self.checks.to_dict()}
+        if self.hengpi:
+            out["hengpi"] = [{"text": h.text, "score": h.score} for h in self.hengpi]
+        return out
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,14 @@ class Options:
     """A 上联 ending 仄 gets a 下联 ending 平 (a hard rule); False leaves the final tone free."""
     script: str = "auto"
     """The answer's script: auto (the 上联's), simplified or traditional (script.SCRIPTS)."""
+    hengpi: int = 0
+    """横批 suggested with each couplet, best first (0: none; HENGPI_OFFERED is what the page and CLI show)."""
 
     def __post_init__(self):
         if self.script not in SCRIPTS:
             raise ValueError(f"script must be one of {', '.join(SCRIPTS)}, not {self.script!r}")
+        if not isinstance(self.hengpi, int) or not 0 <= self.hengpi <= MAX_HENGPI:
+            raise ValueError(f"hengpi is a count from 0 to {MAX_HENGPI}, not {self.hengpi!r}")
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
@@ -237,12 +255,31 @@ class Couplets:
         )
 
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options) -> Candidate:
-        text = self.tokenizer.decode(h.tokens)
-        if line.script == "traditional":
-            text = to_traditional(text)
+        lower = self.tokenizer.decode(h.tokens)  # simplified, as the model wrote it
+        text = to_traditional(lower) if line.script == "traditional" else lower
         return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score,
                          checks=check_pair(line.shown, text, allow_upper_chars=opts.allow_upper_chars),
-                         unknown=line.unknown)
+                         unknown=line.unknown,
+                         hengpi=self._hengpi(line.model_text, to_simplified(lower), opts.hengpi, line.script))
+
+    # --- 横批 -------------------------------------------------------------------------------------------------
+    def hengpi(self, upper: str, lower: str, k: int = HENGPI_OFFERED) -> list[Hengpi]:
+        """k 横批 for the couplet (upper, lower), best first, in the couplet's script (duilian.hengpi: a pool of
+        idioms and the corpus's 4-character lines ranked by the couplet's meaning, with this model's own
+        character embeddings as one of the signals)."""
+        line = self.read(upper)
+        return list(self._hengpi(line.model_text, to_simplified(normalize(lower)), k, line.script))
+
+    def _hengpi(self, upper: str, lower: str, k: int, script: str) -> tuple[Hengpi, ...]:
+        if not k:
+            return ()
+        from . import hengpi
+
+        found = hengpi.suggest(upper, lower, k, embeddings=self.weights.tensors["transformer.wte.weight"],
+                               tokens=self.tokenizer.tokens)
+        if script == "traditional":
+            found = [Hengpi(to_traditional(h.text), h.score) for h in found]
+        return tuple(found)
 
     def acrostic(self, heads: str, length: int = 7, n: int = 5, **options) -> list[AcrosticCouplet]:
         """Up to n 藏头 couplets: a 上联 of `length` characters starting with heads[0] and ending 仄, written
@@ -286,10 +323,11 @@ class Couplets:
             if lows:
                 low = lows[0]
                 lower = self.tokenizer.decode(low.tokens)
+                banners = self._hengpi(to_simplified(text), to_simplified(lower), opts.hengpi, script)
                 if script == "traditional":
                     text, lower = to_traditional(text), to_traditional(lower)
                 out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,
-                                           checks=check_pair(text, lower, opts.allow_upper_chars)))
+                                           checks=check_pair(text, lower, opts.allow_upper_chars), hengpi=banners))
         return sorted(out, key=lambda c: -c.score)
 
     # --- scoring ----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import ACROSTIC_LOWERS
+from .api import ACROSTIC_LOWERS, HENGPI_OFFERED
 from .decode import GREEDY_BELOW, MAX_TEMPERATURE  # the decoder's own temperature range: one source of truth
 from .text import MAX_CHARS, CoupletInputError, is_han, normalize
 
@@ -146,9 +146,13 @@ class DecodeOptions(BaseModel):
     allow_upper_chars: bool = Field(False, description="let the 下联 reuse characters of the 上联 elsewhere")
     script: Literal["auto", "simplified", "traditional"] = Field(
         "auto", description="the answer's script: auto follows the input (a traditional 上联 gets a traditional 下联)")
+    hengpi: bool = Field(False, description=f"suggest {HENGPI_OFFERED} 横批 (4-character banners) with each couplet, "
+                                            "best first")
 
     def decoder_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"upper", "heads", "length"})
+        kwargs = self.model_dump(exclude={"upper", "heads", "length"})
+        kwargs["hengpi"] = HENGPI_OFFERED if self.hengpi else 0  # the API takes a count
+        return kwargs
 
 
 class CoupletRequest(DecodeOptions):

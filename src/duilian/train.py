@@ -130,7 +130,8 @@ class TrainConfig:
     device: str = "auto"
     """`auto` (CUDA when present), `cpu` or `cuda`. Under torchrun each process takes cuda:LOCAL_RANK."""
     dtype: str = "auto"
-    """Autocast dtype: `auto` (bf16 on CUDA, fp32 on CPU), `bf16` or `fp32`. Weights stay fp32."""
+    """Autocast dtype: `auto` (bf16 where matmuls run natively in it: CUDA, and CPUs with AVX-512 BF16 or
+    AMX; fp32 elsewhere), `bf16` or `fp32`. Weights, optimizer state and the loss stay fp32."""
     compile: bool = False
     """torch.compile the transformer body (in place, so saved names carry no `_orig_mod.` prefix)."""
     peak_flops: float = 989e12
@@ -218,6 +219,15 @@ def _all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     if d.ddp:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX). There a bf16 matmul is ~4x
+    faster than fp32 and a `mini` training step 1.7x (benchmarks/bench_train.py); without them torch emulates
+    bf16 and it is slower than fp32, so `--dtype auto` keeps fp32 there (AVX2 machines)."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 # --- learning rate, loss ------------------------------------------------------------------------
@@ -435,7 +445,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = torch.bfloat16 if cfg.dtype == "bf16" or (cfg.dtype == "auto" and cuda) else None
+    amp_dtype = torch.bfloat16 if cfg.dtype == "bf16" or (cfg.dtype == "auto" and (cuda or cpu_has_bf16())) else None
     autocast = (lambda: torch.autocast(d.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     tok = read_tokenizer(cfg.data)  # the dataset's vocabulary: the model gets one row per token
 
@@ -478,7 +488,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, **({"fused": True} if cuda else {}),
+        # fused: one kernel for every parameter's update, on the GPU and (torch >= 2.4) the CPU: 3-5% of a
+        # CPU step for `mini` (benchmarks/bench_train.py), more on a GPU
+        lr=cfg.lr, betas=(0.9, 0.999), eps=1e-6, fused=True,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg.steps, cfg.warmup))
     step = 0
@@ -553,6 +565,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
     # 3) the loop. `step` counts completed optimizer updates.
     start_time = t0 = time.perf_counter()
+    cpu_start = time.process_time()
     paused = 0.0  # seconds of the current report window spent evaluating and saving, not training
     window = torch.zeros((), dtype=torch.float64, device=d.device)  # Σ token losses since the last report
     window_tokens = window_attn = window_targets = 0
@@ -609,7 +622,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
             dt = time.perf_counter() - t0 - paused
             rec = {"event": "train", "step": step, "loss": loss_total / max(targets, 1),
                    "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / dt,
-                   "steps_per_s": window_steps / dt, "elapsed_s": time.perf_counter() - start_time}
+                   "steps_per_s": window_steps / dt, "elapsed_s": time.perf_counter() - start_time,
+                   "cpu_s": time.process_time() - cpu_start}  # this process's CPU seconds, all threads
             if cuda:
                 rec["mfu"] = (n_flops_token * tokens + attn_flops * attn) / dt / (cfg.peak_flops * d.world_size)
             last.update(rec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .generate import add_decode_options, add_json_option, add_model_options, decode_options, fail, load
+from .generate import add_decode_options, add_json_option, add_model_options, decode_options, fail, load, write_svg
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -22,12 +22,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         c = load(args)
         couplets = c.acrostic(args.heads, length=args.length, n=args.n, **decode_options(args))
-    except (CoupletInputError, FileNotFoundError, ValueError) as e:
+        if args.svg and couplets:
+            write_svg(args.svg, couplets[0].upper, couplets[0].lower, couplets[0].hengpi)
+    except (CoupletInputError, FileNotFoundError, ValueError, OSError) as e:
         return fail("acrostic", e)
     if args.json:
         print(json.dumps({"heads": args.heads, "couplets": [x.to_dict() for x in couplets]},
                          ensure_ascii=False, indent=2))
     else:
         for x in couplets:
-            print(f"{x.upper}\t{x.lower}\t{x.score:.3f}")
+            banners = f"\t横批 {' / '.join(h.text for h in x.hengpi)}" if x.hengpi else ""
+            print(f"{x.upper}\t{x.lower}\t{x.score:.3f}{banners}")
     return 0

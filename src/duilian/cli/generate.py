@@ -58,11 +58,29 @@ def add_decode_options(parser: argparse.ArgumentParser) -> None:
                         help="sampling temperature; 0 = greedy (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest characters; 0 = all")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
+    parser.add_argument("--script", choices=("auto", "simplified", "traditional"), default="auto",
+                        help="the answer's script; auto follows the input: a traditional 上联 gets a traditional "
+                             "下联 (default: auto)")
+    parser.add_argument("--hengpi", action="store_true",
+                        help="also suggest 横批 (4-character banners) for each couplet, best first")
+    parser.add_argument("--svg", metavar="FILE",
+                        help="draw the best couplet as it hangs (上联 right, 下联 left, 横批 above with --hengpi) "
+                             "into an SVG file")
 
 
 def decode_options(args: argparse.Namespace) -> dict:
+    from ..api import HENGPI_OFFERED
+
     return {"method": args.method, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p}
+            "top_p": args.top_p, "script": args.script, "hengpi": HENGPI_OFFERED if args.hengpi else 0}
+
+
+def write_svg(path: str, upper: str, lower: str, hengpi) -> None:
+    """The couplet as it hangs (duilian.hanging: the same picture as the web page's)."""
+    from ..hanging import couplet_svg
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(couplet_svg(upper, lower, hengpi[0].text if hengpi else None))
 
 
 def fail(command: str, error: Exception) -> int:
@@ -78,22 +96,30 @@ def run(args: argparse.Namespace) -> int:
         return fail("generate", ValueError("give either a 上联 or --input FILE"))
     if args.output and not args.input:
         return fail("generate", ValueError("--output goes with --input"))
+    if args.svg and args.input:
+        return fail("generate", ValueError("--svg draws one couplet: give a 上联, not --input"))
     try:
         c = load(args)
         options = {**decode_options(args), "allow_upper_chars": args.allow_upper_chars,
                    "require_level_ending": not args.free_ending}
         if args.input:
             return _run_file(c, args, options)
+        line = c.read(args.upper, args.script)
         candidates = c.complete(args.upper, n=args.n, **options)
-    except (CoupletInputError, FileNotFoundError, ValueError) as e:
+        if args.svg and candidates:
+            write_svg(args.svg, line.shown, candidates[0].text, candidates[0].hengpi)
+    except (CoupletInputError, FileNotFoundError, ValueError, OSError) as e:
         return fail("generate", e)
     if args.json:
-        print(json.dumps({"upper": c.clean(args.upper), "candidates": [x.to_dict() for x in candidates]},
-                         ensure_ascii=False, indent=2))
+        print(json.dumps({"upper": line.shown, "script": line.script, "unknown": list(line.unknown),
+                          "candidates": [x.to_dict() for x in candidates]}, ensure_ascii=False, indent=2))
     else:
+        if line.unknown:
+            print(f"(the model does not know {''.join(line.unknown)}: read as [UNK])", file=sys.stderr)
         for x in candidates:
             mark = "" if x.checks.valid else "  (form relaxed)"
-            print(f"{x.text}\t{x.score:.3f}{mark}")
+            banners = f"\t横批 {' / '.join(h.text for h in x.hengpi)}" if x.hengpi else ""
+            print(f"{x.text}\t{x.score:.3f}{mark}{banners}")
     return 0
 
 

@@ -3,7 +3,9 @@
 Each shape trains from scratch on the prepared dataset for the same wall-clock budget on one CPU core of its
 own (two shapes at a time, pinned with taskset, one thread each), with its learning-rate schedule sized to
 end with the budget: a short calibration run measures the shape's seconds per step first. The table gives
-the validation loss at the end (all validation lines the evaluation takes), the steps and tokens seen.
+the validation loss at the end (all validation lines the evaluation takes), the minutes each run took and the
+steps it made. The calibration runs while the machine may be busier or quieter than during the runs, so the
+minutes can differ from the budget: read the losses beside them.
 
     python scripts/sweep_shapes.py --data data/couplet-cv --out runs/sweep --minutes 15
     python scripts/sweep_shapes.py --data data/couplet-cv --out runs/sweep --minutes 15 --shapes 4x256 6x256
@@ -89,9 +91,11 @@ def main() -> None:
             results[s]["parameters"] = params
             print(s, results[s], flush=True)
     (out / "sweep.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    print("\n| shape | parameters | steps (x 64 couplets) | real tokens/s, 1 core | validation loss |\n|---|---|---|---|---|")
+    print("\n| shape | parameters | minutes | steps (x 64 couplets) | real tokens/s, 1 core | validation loss |\n"
+          "|---|---|---|---|---|---|")
     for s, r in results.items():
-        print(f"| {s} | {r['parameters'] / 1e6:.1f}M | {r['steps']:,} | {r['tokens_per_s']:,.0f} | {r['val_loss']:.4f} |")
+        print(f"| {s} | {r['parameters'] / 1e6:.1f}M | {r['minutes']:.1f} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
+              f"{r['val_loss']:.4f} |")
 
 
 if __name__ == "__main__":

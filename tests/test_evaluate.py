@@ -171,7 +171,7 @@ def _fake_report() -> dict:
     return {
         "model": "m", "test": "t", "config": vars(EvalConfig()), "pairs": 5, "skipped": {"empty line": 1},
         "no_candidate": 0, "bleu": {"1": 100.0, "2": 100.0, "4": 100.0}, "perplexity": 12.5,
-        "perplexity_tokens": 40,
+        "perplexity_tokens": 40, "candidates": {"per_upper": 4.5, "distinct_2": 0.625},
         "form": {"duilian": form_metrics(pairs), "reference": form_metrics(HAND_PAIRS)},
         "throughput": {"uppers_per_s": 3.0, "decode_seconds": 1.7, "device": "cpu"},
         "examples": [{"upper": u, "reference": l, "duilian": l} for u, l in pairs],
@@ -187,6 +187,7 @@ def test_render_markdown_table():
     assert "| fully valid form | 100.0% | 20.0% |" in md
     assert "| ends level when 上联 ends oblique | 100.0% | 66.7% |" in md
     assert "empty line × 1" in md
+    assert "| candidates per 上联 | 4.50 | — |" in md and "| distinct-2 among a 上联's candidates (mean) | 0.625 | — |" in md
 
 
 def test_write_report(tmp_path):
@@ -329,6 +330,9 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
     assert [len(c[0]) for c in fake.calls] == [2, 2]
     assert fake.calls[0][1] == 3
     assert fake.calls[0][2] == {"method": "sample", "temperature": 0.0, "allow_upper_chars": False}
+    # the candidates: the fake gives 2 per 上联 (the reference and "x") but none for the first
+    assert report["candidates"]["per_upper"] == pytest.approx((0 + 2 + 2 + 2) / 4)
+    assert report["candidates"]["distinct_2"] == pytest.approx(1.0)  # "x" has no bigram; the reference's are distinct
     # The top candidate is the hypothesis; a 上联 without candidates counts as an empty, invalid line.
     assert report["hypotheses"] == ["", "绿柳堤新燕复来", "兴起高歌酒醉中", "兴起高歌酒醉中"]
     assert report["no_candidate"] == 1

@@ -45,6 +45,7 @@ DEFINITIONS = {
     "form": "duilian.rules.check_pair per pair; booleans = fraction of pairs; ends_level = fraction of the pairs "
             "whose 上联 ends oblique; rhythm_opposition = mean over pairs where defined",
     "distinct": "distinct character n-grams across all 下联 / total character n-grams (within lines)",
+    "candidates": "per 上联, over its first 5 candidates: distinct-2 among them (how much they vary); the mean",
     "throughput": "上联 decoded per second of wall time spent in Couplets.complete_batch",
 }
 
@@ -64,6 +65,10 @@ class EvalConfig:
     """上联 per decoding pass and pairs per perplexity forward pass."""
     seed: int = 0
     """Seed for method='sample', so that a report can be reproduced."""
+    temperature: float = 1.0
+    """Sampling temperature for method='sample'."""
+    top_p: float = 1.0
+    """Nucleus sampling mass for method='sample' (1 = off)."""
     allow_upper_chars: bool = False
     """Let the 下联 reuse 上联 characters (at other positions); used for decoding and for the form checks."""
     device: str = "cpu"
@@ -164,6 +169,8 @@ def form_metrics(pairs: list[tuple[str, str]], allow_upper_chars: bool = False) 
 
 
 # --- the evaluation ------------------------------------------------------------------------------
+VARIETY_OVER = 5
+"""How many of a 上联's candidates its variety (distinct-2 among them) is measured over: the 5 a user sees."""
 
 def _decode_options(config: EvalConfig) -> dict:
     common = {"allow_upper_chars": config.allow_upper_chars}
@@ -172,7 +179,8 @@ def _decode_options(config: EvalConfig) -> dict:
     if config.method == "greedy":
         # Temperature 0 is the decoder's greedy mode: the most likely allowed token at every step.
         return {"method": "sample", "temperature": 0.0, **common}
-    return {"method": "sample", "seed": config.seed, **common}
+    return {"method": "sample", "seed": config.seed, "temperature": config.temperature, "top_p": config.top_p,
+            **common}
 
 
 def _usable(pairs, couplets) -> tuple[list[tuple[str, str]], dict[str, int]]:
@@ -217,6 +225,8 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
     # 1) Decode, timing only the decoder (not reading, not scoring).
     options = _decode_options(config)
     hyps: list[str] = []
+    variety: list[float] = []  # per 上联: distinct-2 among its candidates
+    counts: list[int] = []
     decode_seconds = 0.0
     for chunk in chunks:
         start = time.perf_counter()
@@ -224,6 +234,8 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
         decode_seconds += time.perf_counter() - start
         # A 上联 with no candidate (the masks left no way through) scores as an empty, invalid line.
         hyps.extend(cands[0].text if cands else "" for cands in candidates)
+        variety.extend(distinct([c.text for c in cands[:VARIETY_OVER]], 2) for cands in candidates if cands)
+        counts.extend(len(cands) for cands in candidates)
         bar.update(len(chunk))
     bar.close()
     no_candidate = sum(not h for h in hyps)
@@ -250,6 +262,8 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
         "perplexity_tokens": sum(token_counts),
         "unknown_characters": {"pairs": sum(1 for chars in unknown if chars),
                                "distinct": len({ch for chars in unknown for ch in chars})},
+        "candidates": {"per_upper": sum(counts) / len(counts),
+                       "distinct_2": sum(variety) / len(variety) if variety else 0.0},
         "form": {
             "duilian": form_metrics(ours, config.allow_upper_chars),
             "reference": form_metrics(pairs, config.allow_upper_chars),
@@ -326,7 +340,9 @@ def render_markdown(report: dict) -> str:
         f"Test split `{report['test']}`: {report['pairs']} pairs"
         + (f" ({sum(report['skipped'].values())} skipped: "
            + ", ".join(f"{k} × {v}" for k, v in report["skipped"].items()) + ")" if report["skipped"] else "")
-        + f"; decoding `{cfg['method']}`, n={cfg['n']}, batch {cfg['batch_size']}, device {cfg['device']}."
+        + f"; decoding `{cfg['method']}`, n={cfg['n']}"
+        + (f", temperature {cfg['temperature']:g}, top-p {cfg['top_p']:g}" if cfg["method"] == "sample" else "")
+        + f", batch {cfg['batch_size']}, device {cfg['device']}."
         + (f" {report['unknown_characters']['pairs']} pairs hold characters outside the model's vocabulary: read "
            "as [UNK] in the 上联, not scored in the reference." if report.get("unknown_characters", {}).get("pairs")
            else ""),
@@ -339,6 +355,9 @@ def render_markdown(report: dict) -> str:
     lines.append(f"| perplexity of the reference 下联 | {report['perplexity']:.2f} | — |")
     for label, key, kind in ROWS:
         lines.append(f"| {label} | {_fmt(form['duilian'][key], kind)} | {_fmt(form['reference'][key], kind)} |")
+    cands = report["candidates"]
+    lines.append(f"| candidates per 上联 | {cands['per_upper']:.2f} | — |")
+    lines.append(f"| distinct-2 among a 上联's candidates (mean) | {_fmt(cands['distinct_2'], 'ratio')} | — |")
     speed = report["throughput"]["uppers_per_s"]
     lines.append(f"| decoding throughput (上联/s) | {_fmt(speed, 'num')} | — |")
     if report.get("no_candidate"):

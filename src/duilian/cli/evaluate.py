@@ -25,6 +25,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, metavar="B",
                         help="上联 per decoding pass and pairs per scoring pass (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --method sample (default: 0)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="for --method sample (default: 1.0)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass for --method sample; 1 = off (default: 1.0)")
     parser.add_argument("--allow-upper-chars", action="store_true",
                         help="let the 下联 reuse 上联 characters at other positions (decoding and form checks)")
     # which model: --model, --device, --int8
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = EvalConfig(limit=args.limit, n=args.n, method=args.method, batch_size=args.batch_size,
-                            seed=args.seed, allow_upper_chars=args.allow_upper_chars, **model_kwargs(args))
+                            seed=args.seed, temperature=args.temperature, top_p=args.top_p,
+                            allow_upper_chars=args.allow_upper_chars, **model_kwargs(args))
         report = evaluate(args.model, args.test, config, progress=not args.quiet)
     # Bad settings and corpus errors are ValueErrors; a missing file is an OSError, a broken .gz an
     # OSError or EOFError, a broken .xz an LZMAError (as in `duilian prepare`).

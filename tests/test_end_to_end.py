@@ -9,15 +9,18 @@ import pytest
 
 from duilian.cli import main
 from duilian.rules import check_pair
+from duilian.tokenizer import Tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "couplets"
 
 
 @pytest.mark.slow
-def test_prepare_train_export_and_use(tmp_path, capsys):
+@pytest.mark.parametrize("vocab", ["corpus", "bert"])
+def test_prepare_train_export_and_use(tmp_path, capsys, vocab):
+    """Once with the corpus's own vocabulary (the default) and once with the seed's BERT vocabulary."""
     data, run, hf = tmp_path / "data", tmp_path / "run", tmp_path / "hf"
 
-    assert main(["prepare", str(FIXTURE), "--out", str(data), "--val-fraction", "0.15"]) == 0
+    assert main(["prepare", str(FIXTURE), "--out", str(data), "--val-fraction", "0.15", "--vocab", vocab]) == 0
     meta = json.loads((data / "meta.json").read_text())
     assert meta["splits"]["train"]["pairs"] >= 190 and meta["splits"]["val"]["pairs"] >= 20
 
@@ -26,15 +29,18 @@ def test_prepare_train_export_and_use(tmp_path, capsys):
                  "--save-every", "20", "--bucket"]) == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     val = [m["val_loss"] for m in metrics if "val_loss" in m]
-    vocab = (data / "vocab.txt").read_text(encoding="utf-8").splitlines()  # the corpus's own vocabulary
-    assert 300 < len(vocab) < 2000 and vocab[:6] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "-"]
+    tokens = list(Tokenizer.from_dir(data).tokens)  # the vocabulary the model gets (one token per \n-line)
+    if vocab == "corpus":
+        assert 300 < len(tokens) < 2000 and tokens[:6] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "-"]
+    else:
+        assert len(tokens) == 21128 and tokens[101:103] == ["[CLS]", "[SEP]"]
     # the loss falls, from about ln(vocabulary) (a ~uniform untrained model) by over half a nat
-    assert len(val) >= 2 and val[0] > math.log(len(vocab)) - 0.5 and val[-1] < val[0] - 0.5, val
+    assert len(val) >= 2 and val[0] > math.log(len(tokens)) - 0.5 and val[-1] < val[0] - 0.5, val
     assert (run / "loss.png").stat().st_size > 0
 
     assert main(["export", "--checkpoint", str(run), "--out", str(hf)]) == 0
-    assert (hf / "vocab.txt").read_text(encoding="utf-8").splitlines() == vocab  # the export ships it
-    assert json.loads((hf / "config.json").read_text())["vocab_size"] == len(vocab)
+    assert list(Tokenizer.from_dir(hf).tokens) == tokens  # the export ships it
+    assert json.loads((hf / "config.json").read_text())["vocab_size"] == len(tokens)
     from transformers import BertTokenizer, GPT2LMHeadModel, TextGenerationPipeline
 
     tokenizer = BertTokenizer.from_pretrained(str(hf))
@@ -67,7 +73,7 @@ def test_prepare_train_export_and_use(tmp_path, capsys):
     assert all(0 <= b <= 100 for b in numbers["bleu"].values())
     # Perplexity of the references: the untrained model is ~uniform over the vocabulary; 40 steps bring the
     # validation loss down by over half a nat, so the references are at least e^0.5 times likelier.
-    assert 1 < numbers["perplexity"] < len(vocab) / math.exp(0.5)
+    assert 1 < numbers["perplexity"] < len(tokens) / math.exp(0.5)
     assert numbers["form"]["reference"]["pairs"] == numbers["pairs"]
     assert 0 < numbers["form"]["duilian"]["distinct_1"] <= 1
     assert numbers["throughput"]["uppers_per_s"] > 0

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from transformers import GPT2LMHeadModel
 import duilian
 from duilian import api, decode
 from duilian.model import build_model
-from duilian.rules import tone_of
+from duilian.rules import check_pair, tone_of
+from duilian.script import to_simplified, to_traditional
 from duilian.text import CoupletInputError, is_han
 from duilian.tokenizer import default_tokenizer
 
@@ -250,3 +252,96 @@ def test_hengpi_with_each_candidate_in_the_couplet_s_script(c):
     assert all(len(p.hengpi) == 2 for p in pairs)
     with pytest.raises(ValueError, match="hengpi is a count"):
         c.complete("天增岁月人增寿", hengpi=-1)
+
+
+BASIC_BLOCK = range(0x4E00, 0xA000)
+"""CJK Unified Ideographs, the basic block U+4E00–U+9FFF (20,992 code points)."""
+SWEEP = [chr(cp) for cp in sorted(random.Random(0).sample(BASIC_BLOCK, 2000))] + list("一\u9fff僤暐儕")
+"""A seeded sample of the block (benchmarks/bench_any_upper.py sweeps all of it with the default model), plus
+its two ends and characters known to be awkward: 僤's simplified form is U+2B8B8, outside text.is_han's
+ranges; 暐 and 儕 are in the vocabulary but their simplified forms (U+2C029, 侪) are not."""
+SWEEP_FORMS = ("{}", "春风{}月入千家")
+"""Each character alone (a 1-character 上联) and inside a 7-character line."""
+
+
+@pytest.mark.parametrize("script", [
+    "auto",
+    "traditional",
+    pytest.param("simplified", marks=pytest.mark.xfail(
+        strict=True, raises=ValueError,
+        reason="bug: a 1-character 上联 whose simplified form is outside text.is_han (僤 -> U+2B8B8) crashes "
+               "lower_spec with 'max() arg is an empty sequence' (476 characters of the block)")),
+])
+def test_every_basic_block_ideograph_gets_valid_candidates(c, script):
+    """README: any 上联 of Chinese characters gets a 下联. Greedy (n=1) in one batch per script: every line is
+    read (no CoupletInputError), and its candidate is right in form against the 上联 in the answer's script;
+    characters the model does not know after simplification are named, and only those."""
+    vocab = set(default_tokenizer().tokens)
+    uppers = [form.format(ch) for form in SWEEP_FORMS for ch in SWEEP]
+    lines, refused = {}, {}
+    for upper in uppers:
+        try:
+            lines[upper] = c.read(upper, script)
+        except CoupletInputError as e:
+            refused[upper] = str(e)
+    assert refused == {}
+    results = c.complete_batch(list(lines), n=1, temperature=0, script=script)
+    assert len(results) == len(lines)
+    unknown_lines = 0
+    for (upper, line), cands in zip(lines.items(), results):
+        assert len(cands) == 1, upper
+        x = cands[0]
+        assert len(x.text) == len(upper) and x.checks.valid, (upper, x.text, x.checks)
+        assert check_pair(line.shown, x.text).valid and line.model_text == to_simplified(upper)
+        assert x.unknown == tuple(dict.fromkeys(ch for ch in line.model_text if ch not in vocab)), upper
+        assert (line.script == "traditional") == (script == "traditional" or to_simplified(upper) != upper)
+        unknown_lines += bool(x.unknown)
+    # About 64% of the block is outside the BERT vocabulary even after simplification: [UNK] is exercised.
+    assert 0.5 * len(uppers) < unknown_lines < 0.8 * len(uppers)
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the decoder bans the 上联's simplified tokens only, so a model "
+                   "may write the 上联's traditional character itself (the BERT vocabulary holds 驅 as well as 驱)")
+def test_a_traditional_upper_character_is_not_written_back(c):
+    line = c.read("驅")
+    assert line.model_text == "驱" and line.shown == "驅"
+    assert c.tokenizer.id("驅") in c.lower_spec(line, api.Options()).banned
+    # The tiny model's greedy answer to a 1-character line is 驅: a copy of the 上联.
+    assert all(x.checks.valid for x in c.complete("驅", n=1, temperature=0))
+
+
+@pytest.mark.parametrize("traditional", [
+    "風調雨順年年好", "人間四月芳菲盡", "龍騰虎躍迎新歲",
+    "兩岸曉煙楊柳綠，一園春雨杏花紅",  # 聲律啓蒙: punctuation and a clause each side
+])
+def test_real_traditional_lines_are_answered_in_traditional(c, traditional):
+    """The model reads the simplified line, so the candidates are the simplified line's, seed for seed, in
+    traditional, and right in form against the traditional 上联 (checked here, not just as reported)."""
+    simplified = to_simplified(traditional)
+    assert simplified != traditional
+    line = c.read(traditional)
+    assert line.script == "traditional" and line.shown == traditional and line.model_text == simplified
+    trad = c.complete(traditional, n=5, seed=3)
+    simp = c.complete(simplified, n=5, seed=3)
+    assert len(trad) == len(simp) >= 3
+    assert [x.text for x in trad] == [to_traditional(x.text) for x in simp]
+    # The tiny random model writes traditional tokens too (the BERT vocabulary holds both scripts), so the
+    # simplified candidates are compared in simplified.
+    assert [to_simplified(x.text) for x in trad] == [to_simplified(x.text) for x in simp]
+    for x in trad:
+        assert check_pair(traditional, x.text).valid and x.checks == check_pair(traditional, x.text)
+        assert to_traditional(x.text) == x.text  # nothing left in simplified script
+    assert any(x.text != y.text for x, y in zip(trad, simp))  # the script really changed
+
+
+def test_tones_come_from_the_upper_as_written(c):
+    """白髮三千丈: 髮 (hair) reads fà, 仄, where its simplified form 发 reads fā, 平 first. The rules of a
+    traditional answer follow the 上联 as written, so its rhythm differs from the simplified line's there."""
+    from duilian.rules import rhythm_positions
+
+    assert tone_of("髮") == "仄" and tone_of("发") == "平" and 1 in rhythm_positions("白髮三千丈")
+    trad, simp = (c.lower_spec(c.read(u), api.Options()) for u in ("白髮三千丈", "白发三千丈"))
+    assert trad.prompt == simp.prompt  # the model reads the same simplified line
+    assert [i for i, (a, b) in enumerate(zip(trad.rhythm, simp.rhythm)) if a != b] == [1]
+    assert trad.rhythm[1] == decode.TONE_OBLIQUE and simp.rhythm[1] == decode.TONE_LEVEL
+    assert all(check_pair("白髮三千丈", x.text).valid for x in c.complete("白髮三千丈", n=5, seed=3))

@@ -294,7 +294,8 @@ def test_every_basic_block_ideograph_gets_valid_candidates(c, script):
         assert len(x.text) == len(upper) and x.checks.valid, (upper, x.text, x.checks)
         assert check_pair(line.shown, x.text).valid and line.model_text == to_simplified(upper)
         assert x.unknown == tuple(dict.fromkeys(ch for ch in line.model_text if ch not in vocab)), upper
-        assert (line.script == "traditional") == (script == "traditional" or to_simplified(upper) != upper)
+        auto = "traditional" if to_simplified(upper) != upper else "simplified"
+        assert line.script == (auto if script == "auto" else script), upper
         unknown_lines += bool(x.unknown)
     # About 64% of the block is outside the BERT vocabulary even after simplification: [UNK] is exercised.
     assert 0.5 * len(uppers) < unknown_lines < 0.8 * len(uppers)
@@ -305,9 +306,11 @@ def test_every_basic_block_ideograph_gets_valid_candidates(c, script):
 def test_a_traditional_upper_character_is_not_written_back(c):
     line = c.read("驅")
     assert line.model_text == "驱" and line.shown == "驅"
-    assert c.tokenizer.id("驅") in c.lower_spec(line, api.Options()).banned
-    # The tiny model's greedy answer to a 1-character line is 驅: a copy of the 上联.
-    assert all(x.checks.valid for x in c.complete("驅", n=1, temperature=0))
+    # The tiny model's greedy answer to a 1-character line is 驅 (only 驱 is banned): a copy of the 上联,
+    # typed in traditional or asked for in traditional.
+    for upper in ("驅", "驱"):
+        x = c.complete(upper, n=1, temperature=0, script="traditional")[0]
+        assert x.checks.valid, (upper, x.text, x.checks)
 
 
 @pytest.mark.parametrize("traditional", [
@@ -345,3 +348,21 @@ def test_tones_come_from_the_upper_as_written(c):
     assert [i for i, (a, b) in enumerate(zip(trad.rhythm, simp.rhythm)) if a != b] == [1]
     assert trad.rhythm[1] == decode.TONE_OBLIQUE and simp.rhythm[1] == decode.TONE_LEVEL
     assert all(check_pair("白髮三千丈", x.text).valid for x in c.complete("白髮三千丈", n=5, seed=3))
+
+
+@pytest.mark.xfail(strict=True, reason="bug: the decoder's tones are the simplified tokens' (api.vocab_tables), "
+                   "but a traditional answer is checked in traditional, and pypinyin reads 21 of those otherwise "
+                   "first (兴 xīng 平, 興 xìng 仄): the default model answers 繼 with 興, ends_level False")
+def test_a_level_token_stays_level_in_a_traditional_answer(c):
+    tokens = [c.tokenizer.tokens[i] for i in c.vocab.ids.tolist()]
+    level = [tok for tok, code in zip(tokens, c.vocab.tone.tolist()) if code == decode.TONE_LEVEL]
+    assert "兴" in level and len(level) > 3000
+    assert [tok for tok in level if tone_of(to_traditional(tok)) != "平"] == []
+
+
+@pytest.mark.xfail(strict=True, reason="bug: Line.unknown names the simplified forms the model read (椠), not the "
+                   "characters typed (槧): the web page, which marks unknown characters in the 上联 as typed, "
+                   "marks none, and the CLI names a character the user never wrote")
+def test_unknown_characters_are_named_as_typed(c):
+    line = c.read("可憐鉛槧竟何功")  # 全唐诗; 槧 is simplified 椠, and neither is in the vocabulary
+    assert line.unknown and set(line.unknown) <= set(line.text)

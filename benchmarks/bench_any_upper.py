@@ -11,6 +11,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_any_upper.py                               # (a) only
     OMP_NUM_THREADS=1 python benchmarks/bench_any_upper.py --poetry DIR --no-sweep       # (b) only
     OMP_NUM_THREADS=1 python benchmarks/bench_any_upper.py --poetry DIR --model runs/mini-hf
+    OMP_NUM_THREADS=1 python benchmarks/bench_any_upper.py --script simplified           # answers in simplified
 
 DIR holds files of github:chinese-poetry/chinese-poetry (MIT): 全唐诗/poet.tang.*.json and
 蒙学/shenglvqimeng.json, e.g. extracted from a clone with
@@ -30,7 +31,7 @@ import unicodedata
 from pathlib import Path
 
 import duilian
-from duilian.script import is_traditional
+from duilian.script import SCRIPTS, is_traditional
 from duilian.text import CoupletInputError, clean_upper
 from duilian.tokenizer import UnknownCharacterError
 
@@ -65,45 +66,49 @@ def reason(message: str) -> str:
     return re.sub(r"(found|contains control characters): .*", r"\1: …", message)
 
 
-def after(c: duilian.Couplets, uppers: list[str]) -> list[dict]:
+def after(c: duilian.Couplets, uppers: list[str], script: str = "auto") -> list[dict]:
     """Per 上联: {"outcome": "valid" | "invalid" | "refused: why" | "crash: why", "answer", "unknown"}, from
-    Couplets.read and greedy complete_batch calls of BATCH lines (a batch that raises is redone line by line,
-    to name the line)."""
+    Couplets.read and greedy complete_batch calls of up to BATCH lines (a batch that raises is halved until
+    the lines that raise are alone)."""
     out: list[dict] = [{} for _ in uppers]
     readable = []
     for i, upper in enumerate(uppers):
         try:
-            c.read(upper)
+            c.read(upper, script)
             readable.append(i)
         except CoupletInputError as e:
             out[i] = {"outcome": f"refused: {reason(str(e))}"}
         except Exception as e:  # noqa: BLE001 - a crash is what this benchmark counts
             out[i] = {"outcome": f"crash: {type(e).__name__}: {reason(str(e))}"}
-    for start in range(0, len(readable), BATCH):
-        chunk = readable[start:start + BATCH]
+
+    def decode(chunk: list[int]) -> None:
         try:
-            results = c.complete_batch([uppers[i] for i in chunk], n=1, temperature=0)
-        except Exception:  # noqa: BLE001
-            results = None
-        for k, i in enumerate(chunk):
-            try:
-                cands = results[k] if results is not None else c.complete_batch([uppers[i]], n=1, temperature=0)[0]
-            except Exception as e:  # noqa: BLE001
-                out[i] = {"outcome": f"crash: {type(e).__name__}: {reason(str(e))}"}
-                continue
+            results = c.complete_batch([uppers[i] for i in chunk], n=1, temperature=0, script=script)
+        except Exception as e:  # noqa: BLE001
+            if len(chunk) == 1:
+                out[chunk[0]] = {"outcome": f"crash: {type(e).__name__}: {reason(str(e))}"}
+            else:
+                decode(chunk[:len(chunk) // 2])
+                decode(chunk[len(chunk) // 2:])
+            return
+        for i, cands in zip(chunk, results):
             if not cands:
                 out[i] = {"outcome": "invalid: no candidate"}
                 continue
             x = cands[0]
             out[i] = {"outcome": "valid" if x.checks.valid and len(x.text) == len(uppers[i]) else "invalid",
                       "answer": x.text, "unknown": x.unknown, "checks": x.checks}
+
+    for start in range(0, len(readable), BATCH):
+        decode(readable[start:start + BATCH])
     return out
 
 
-def summary(c: duilian.Couplets, uppers: list[str], label: str, examples: int, seed: int) -> None:
+def summary(c: duilian.Couplets, uppers: list[str], label: str, examples: int, seed: int,
+            script: str = "auto") -> None:
     t0 = time.perf_counter()
     old = [before(c, u) for u in uppers]
-    new = after(c, uppers)
+    new = after(c, uppers, script)
     seconds = time.perf_counter() - t0
     n = len(uppers)
     outcomes = collections.Counter(r["outcome"] for r in new)
@@ -119,7 +124,7 @@ def summary(c: duilian.Couplets, uppers: list[str], label: str, examples: int, s
     print(f"after:  a valid candidate for {valid} ({100 * valid / n:.2f}%), none for {n - valid} "
           f"({100 * (n - valid) / n:.2f}%); {unk} read with [UNK], {lost} of them known as typed")
     for why, k in outcomes.most_common():
-        shown = [f"{u} -> {r.get('answer', '?')}" for u, r in zip(uppers, new) if r["outcome"] == why][:8]
+        shown = [f"{u} -> {r['answer']}" if "answer" in r else u for u, r in zip(uppers, new) if r["outcome"] == why][:8]
         print(f"    {k:6d}  {why}   e.g. {', '.join(shown)}")
         for u, r in zip(uppers, new):
             if r["outcome"] == why and "checks" in r:
@@ -187,6 +192,7 @@ def main() -> None:
     p.add_argument("--poetry", type=Path, default=None, help="a chinese-poetry directory: runs part (b)")
     p.add_argument("--lines", type=int, default=1000, help="poem lines per set (default 1000)")
     p.add_argument("--no-sweep", action="store_true", help="skip part (a)")
+    p.add_argument("--script", default="auto", choices=SCRIPTS, help="the answers' script (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the line samples and the examples shown")
     p.add_argument("--examples", type=int, default=5, help="lines refused before and answered now, shown per set")
     args = p.parse_args()
@@ -194,12 +200,12 @@ def main() -> None:
     t0 = time.perf_counter()
     c = duilian.load(args.model)
     print(f"model: {args.model or 'embedded default'} ({len(c.tokenizer)} tokens), loaded in "
-          f"{time.perf_counter() - t0:.1f} s; greedy, n=1, script auto")
+          f"{time.perf_counter() - t0:.1f} s; greedy, n=1, script {args.script}")
     if not args.no_sweep:
         chars = [chr(cp) for cp in BASIC_BLOCK]
         for form in SWEEP_FORMS:
             summary(c, [form.format(ch) for ch in chars], f"U+4E00–U+9FFF as {form.format('X')}", args.examples,
-                    args.seed)
+                    args.seed, args.script)
     if args.poetry:
         lines = tang_lines(args.poetry)
         counts = collections.Counter(ch for line in lines for ch in line)
@@ -207,10 +213,11 @@ def main() -> None:
         print(f"\n全唐诗: {len(lines)} 绝句/律诗 lines, {len(counts)} characters, {len(rare)} lines with a character "
               f"seen <= {RARE} times")
         sample = random.Random(args.seed).sample(lines, min(args.lines, len(lines)))
-        summary(c, sample, "全唐诗 绝句/律诗 lines, a random sample", args.examples, args.seed)
+        summary(c, sample, "全唐诗 绝句/律诗 lines, a random sample", args.examples, args.seed, args.script)
         rare_sample = random.Random(args.seed).sample(rare, min(args.lines, len(rare)))
-        summary(c, rare_sample, f"全唐诗 lines with a rare character (seen <= {RARE} times)", args.examples, args.seed)
-        summary(c, shenglv_uppers(args.poetry), "聲律啓蒙 couplets, every 上联", args.examples, args.seed)
+        summary(c, rare_sample, f"全唐诗 lines with a rare character (seen <= {RARE} times)", args.examples,
+                args.seed, args.script)
+        summary(c, shenglv_uppers(args.poetry), "聲律啓蒙 couplets, every 上联", args.examples, args.seed, args.script)
 
 
 if __name__ == "__main__":

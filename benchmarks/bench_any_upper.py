@@ -124,7 +124,8 @@ def summary(c: duilian.Couplets, uppers: list[str], label: str, examples: int, s
     print(f"after:  a valid candidate for {valid} ({100 * valid / n:.2f}%), none for {n - valid} "
           f"({100 * (n - valid) / n:.2f}%); {unk} read with [UNK], {lost} of them known as typed")
     for why, k in outcomes.most_common():
-        shown = [f"{u} -> {r['answer']}" if "answer" in r else u for u, r in zip(uppers, new) if r["outcome"] == why][:8]
+        shown = [f"{u} -> {r['answer']}" if "answer" in r else u
+                 for u, r in zip(uppers, new) if r["outcome"] == why][:8]
         print(f"    {k:6d}  {why}   e.g. {', '.join(shown)}")
         for u, r in zip(uppers, new):
             if r["outcome"] == why and "checks" in r:

@@ -96,8 +96,6 @@ def test_to_traditional_uses_phrase_context_where_no_repeat_is_at_stake():
     assert to_traditional("国泰民安岁岁安") == "國泰民安歲歲安"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: to_traditional promises that different characters stay "
-                   "different, but 余 and 馀 both become 餘, and 发 and 發 both 發, character by character too")
 @pytest.mark.parametrize("simplified", ["余馀", "发發"])
 def test_to_traditional_keeps_different_characters_different(simplified):
     assert repeat_pattern(to_traditional(simplified)) == repeat_pattern(simplified)

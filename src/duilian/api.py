@@ -20,7 +20,7 @@ import torch
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
 from .hengpi import Hengpi
-from .script import SCRIPTS, answer_script, to_simplified, to_traditional
+from .script import SCRIPTS, answer_script, each_simplified, each_traditional, to_simplified, to_traditional
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
 
@@ -147,13 +147,14 @@ class Line:
     text: str
     """Normalised, in the user's script."""
     model_text: str
-    """Simplified, regional variants unified: what the model reads (the corpus is simplified)."""
+    """Simplified, regional variants unified: what the model reads (the corpus is simplified); a character
+    whose simplified form the model lacks stays as typed if the model knows that."""
     script: str
     """"simplified" or "traditional": the script of the answer."""
     shown: str
     """The 上联 in the answer's script: what the 下联 is checked against."""
     unknown: tuple[str, ...]
-    """Characters of model_text outside the model's vocabulary, read as [UNK]."""
+    """Characters of the 上联, as typed, that the model does not know in either script: read as [UNK]."""
 
 
 class Couplets:
@@ -185,13 +186,18 @@ class Couplets:
         letters, emoji, control characters, too long). Traditional and variant characters are read in
         simplified; a character the model still does not know is read as [UNK]."""
         text = clean_upper(upper, self.max_chars)
-        model_text = to_simplified(text)
+        simplified = to_simplified(text)
         answer = answer_script(text, script)
         if answer == "simplified":
-            shown = model_text
+            shown = simplified
         else:  # a traditional answer stands beside the 上联 in traditional, as typed where it was typed so
-            shown = text if model_text != text else to_traditional(text)
-        return Line(text, model_text, answer, shown, tuple(self.tokenizer.unknown(model_text)))
+            shown = text if simplified != text else to_traditional(text)
+        # Per character, the simplified form if the model knows it, else the form typed if it knows that (a BERT
+        # vocabulary holds 鑊 but not 镬), else [UNK]; unknown characters are named as the user typed them.
+        index = self.tokenizer.index
+        model_text = "".join(s if s in index or t not in index else t for s, t in zip(simplified, text))
+        unknown = dict.fromkeys(t for m, t in zip(model_text, text) if m not in index)
+        return Line(text, model_text, answer, shown, tuple(unknown))
 
     def clean(self, upper: str) -> str:
         """The normalised 上联, or CoupletInputError saying why it cannot be used."""
@@ -373,12 +379,24 @@ class Couplets:
 
 @lru_cache(maxsize=4)
 def vocab_tables(tokenizer: Tokenizer) -> decode.Vocab:
-    """The emittable tokens (single Han characters and the punctuation marks) and their tones."""
+    """The emittable tokens and their tones: the punctuation marks, and the single Han characters that are
+    their own simplified form. The model writes simplified, as its corpus is; an answer in traditional is
+    converted after (script.to_traditional), so a traditional token of a BERT vocabulary (驅 beside 驱) is
+    never written, and can never copy the 上联's own character in another script.
+
+    A character's tone class is the one its simplified and traditional forms agree on; where pypinyin reads
+    them differently (兴 xīng, 興 xìng) it is TONE_NONE, which no tone rule may rely on: the final-tone
+    rule never puts such a character at the end, so the answer keeps its level ending in either script."""
+    chars = [(i, tok) for i, tok in enumerate(tokenizer.tokens) if len(tok) == 1 and (is_han(tok) or is_punct(tok))]
+    simplified = each_simplified([tok for _, tok in chars])
+    traditional = each_traditional([tok for _, tok in chars])
     ids, han, tone = [], [], []
-    for i, tok in enumerate(tokenizer.tokens):
-        if len(tok) == 1 and (is_han(tok) or is_punct(tok)):
-            ids.append(i)
-            han.append(is_han(tok))
-            tone.append(_TONE_CODE[tone_of(tok)])
+    for (i, tok), simple, trad in zip(chars, simplified, traditional):
+        if simple != tok:  # a traditional form: never written
+            continue
+        ids.append(i)
+        han.append(is_han(tok))
+        t = tone_of(tok)
+        tone.append(_TONE_CODE[t if t == tone_of(trad) else None])
     return decode.Vocab(ids=torch.tensor(ids), han=torch.tensor(han), tone=torch.tensor(tone, dtype=torch.int8),
                         size=len(tokenizer))

@@ -38,7 +38,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .dataset import write_dataset
-from .text import PUNCTUATION, is_han, normalize
+from .text import HAN_BLOCKS, PUNCTUATION, is_han, normalize
 from .tokenizer import SEPARATOR, Tokenizer, default_tokenizer
 
 # --- reject reasons, in the order the checks run (a pair is counted under the first it fails) -----
@@ -65,7 +65,6 @@ FORMATS = ("auto", "parallel", "tsv", "uer")
 VOCABS = ("corpus", "bert")
 """corpus: the training split's own characters (vocab.txt in the dataset; the model gets that many rows);
 bert: the seed's 21,128-token vocabulary, pairs with other characters rejected."""
-HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2A6DF))  # text.is_han's blocks
 COMPRESSED_SUFFIXES = ("", ".xz", ".gz")  # what a directory's in.txt / out.txt may end with
 CHUNK_LINES = 16384  # lines per work item: large enough that pickling is cheap next to cleaning
 EXAMPLE_CHARS = 80  # an example in the summary is cut to this many characters
@@ -243,7 +242,7 @@ def _disallowed_re(vocab: str = "bert") -> re.Pattern:
     if vocab == "bert":
         chars = [t for t in default_tokenizer().tokens if len(t) == 1]
     else:
-        chars = [chr(cp) for lo, hi in HAN_RANGES for cp in range(lo, hi + 1)] + sorted(PUNCTUATION)
+        chars = [chr(cp) for lo, hi in HAN_BLOCKS for cp in range(lo, hi + 1)] + sorted(PUNCTUATION)
     allowed = sorted(
         ord(ch) for ch in chars if (is_han(ch) or ch in PUNCTUATION) and unicodedata.normalize("NFC", ch) == ch
     )

@@ -58,12 +58,44 @@ def to_simplified(text: str) -> str:
 
 
 def to_traditional(text: str) -> str:
-    """The traditional form of `text`, same length and with the same positions repeating (重字 stay 重字,
-    different characters stay different)."""
+    """The traditional form of `text`, same length and with the same positions repeating: 重字 stay 重字, and
+    different characters stay different. Phrase context can give one simplified character two forms (头发发白:
+    髮, 發), and two simplified characters can share one (余, 馀 -> 餘); where a form would break the pattern,
+    each character is converted on its own, and a character that would still merge into another keeps its
+    simplified form (or, if even that collides, the line stays as it is)."""
     out = _convert(text, (_TO_TRADITIONAL,))
-    if repeat_pattern(out) != repeat_pattern(text):  # phrase context gave one character two forms (发 -> 發/髮)
-        out = "".join(_convert_char(ch, (_TO_TRADITIONAL,)) for ch in text)
-    return out
+    if repeat_pattern(out) == repeat_pattern(text):
+        return out
+    chars, taken = [], {}  # traditional form -> the simplified character that has it
+    for ch in text:
+        form = _convert_char(ch, (_TO_TRADITIONAL,))
+        if taken.setdefault(form, ch) != ch:
+            form = ch  # another character already took this form
+        chars.append(form)
+    out = "".join(chars)
+    return out if repeat_pattern(out) == repeat_pattern(text) else text  # (发發: both are already 發)
+
+
+def each_simplified(chars: list[str]) -> list[str]:
+    """to_simplified of each single character, in one OpenCC call per config (a vocabulary's thousands of
+    characters in ~0.05 s instead of ~1 s one by one). A newline between characters keeps phrase rules,
+    which match runs of Han characters only, from reaching across them."""
+    return _each(chars, _TO_SIMPLIFIED)
+
+
+def each_traditional(chars: list[str]) -> list[str]:
+    """to_traditional of each single character, as each_simplified does it."""
+    return _each(chars, (_TO_TRADITIONAL,))
+
+
+def _each(chars: list[str], configs: tuple[str, ...]) -> list[str]:
+    out = "\n".join(chars)
+    for config in configs:
+        out = _converter(config).convert(out)
+    parts = out.split("\n")
+    if len(parts) != len(chars):  # cannot happen with OpenCC's dictionaries; stay correct if it ever does
+        return [_convert_char(ch, configs) for ch in chars]
+    return [p if len(p) == 1 else ch for p, ch in zip(parts, chars)]
 
 
 def is_traditional(text: str) -> bool:

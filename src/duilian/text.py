@@ -33,15 +33,22 @@ def normalize(text: str) -> str:
     return text.translate(_TRANSLATE)
 
 
+HAN_BLOCKS = (
+    (0x3400, 0x4DBF),  # extension A
+    (0x4E00, 0x9FFF),  # the basic block
+    (0xF900, 0xFAFF),  # compatibility ideographs
+    (0x20000, 0x2A6DF),  # extension B
+    (0x2A700, 0x2EE5F),  # extensions C, D, E, F, I (contiguous)
+    (0x30000, 0x323AF),  # extensions G, H
+)
+"""Every block of CJK unified ideographs. The extensions matter even for common input: OpenCC simplifies some
+basic-block characters to them (僤 -> U+2B8B8, 暐 -> U+2C029)."""
+
+
 def is_han(ch: str) -> bool:
-    """True for a CJK unified ideograph (the basic block and extension A, plus compatibility ideographs)."""
+    """True for a CJK unified ideograph (any block of HAN_BLOCKS)."""
     cp = ord(ch)
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0xF900 <= cp <= 0xFAFF
-        or 0x20000 <= cp <= 0x2A6DF
-    )
+    return 0x4E00 <= cp <= 0x9FFF or any(lo <= cp <= hi for lo, hi in HAN_BLOCKS)  # the common case first
 
 
 def is_punct(ch: str) -> bool:

@@ -444,3 +444,21 @@ def test_lines_of_different_lengths_decode_together_as_if_alone(model, couplets,
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.logprob for h in hyps] == pytest.approx([h.logprob for h in alone], abs=1e-4)
         assert all(len(h.tokens) == spec.length for h in hyps)
+
+
+def test_greedy_first_puts_the_greedy_line_among_varied_samples(couplets):
+    """greedy_first: each line's first sampled row takes the argmax at every step, so the greedy line is always
+    a candidate (and the best one scores at least as high); the rest are samples, and seeded results still do
+    not depend on the batch."""
+    uppers = random_uppers(8, seed=9)
+    greedy = [cs[0].text for cs in couplets.complete_batch(uppers, n=1, temperature=0)]
+    mixed = couplets.complete_batch(uppers, n=4, seed=2, temperature=0.8, greedy_first=True)
+    plain = couplets.complete_batch(uppers, n=4, seed=2, temperature=0.8)
+    for g, cands, others in zip(greedy, mixed, plain):
+        texts = [c.text for c in cands]
+        assert g in texts and len(set(texts)) == len(texts) and all(c.checks.valid for c in cands)
+        best = max(c.score for c in cands)
+        assert cands[0].score == best and best >= next(c.score for c in cands if c.text == g)
+    assert [[c.text for c in cs] for cs in mixed] != [[c.text for c in cs] for cs in plain]
+    alone = couplets.complete(uppers[3], n=4, seed=2, temperature=0.8, greedy_first=True)
+    assert [c.text for c in alone] == [c.text for c in mixed[3]]

@@ -91,6 +91,8 @@ class Options:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    greedy_first: bool = False
+    """Sampling: one candidate is the greedy line (decode.Search.greedy_first)."""
     seed: int | None = None
     """Same seed, same 上联, same options -> same candidates, whatever else is in the batch."""
     allow_upper_chars: bool = False
@@ -110,7 +112,7 @@ class Options:
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
-                             top_p=self.top_p)
+                             top_p=self.top_p, greedy_first=self.greedy_first)
 
 
 def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,

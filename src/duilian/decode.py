@@ -151,6 +151,9 @@ class Search:
     """Sample among the k most likely allowed tokens; 0 = all."""
     top_p: float = 1.0
     """Nucleus sampling: the smallest set of allowed tokens whose probability reaches top_p; 1 = all."""
+    greedy_first: bool = False
+    """Sampling: the first row of each line takes the likeliest allowed token at every step, so the greedy
+    line is always a candidate and the best of them is at least as likely; the other rows vary."""
 
     @property
     def greedy(self) -> bool:
@@ -744,7 +747,7 @@ def _sample(net, vocab, specs, search, device):
     greedy = search.greedy
     want = 1 if greedy else search.n
     counts = [want] * B
-    for _ in range(1 if greedy else SAMPLE_ROUNDS):
+    for round_ in range(1 if greedy else SAMPLE_ROUNDS):
         if not any(counts):
             break
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor(counts)).to(device)
@@ -752,9 +755,13 @@ def _sample(net, vocab, specs, search, device):
         u = torch.cat([F.pad(torch.rand(k, s.length, generator=g), (0, L - s.length))
                        for k, g, s in zip(counts, gens, specs) if k]).to(device)
         logp_sum = torch.zeros(rows.numel(), device=device)
+        argmax_row = torch.zeros(rows.numel(), dtype=torch.bool, device=device)  # (R,) rows written greedily
+        if search.greedy_first and round_ == 0:
+            argmax_row[torch.tensor([0] + counts[:-1]).cumsum(0).to(device)] = True  # each line's first row
 
         def choose(t, logp, live):
             token = pick(logp, u[live, t], search)
+            token = torch.where(argmax_row[live], logp.argmax(dim=1), token)
             logp_sum.index_add_(0, live, logp.gather(1, token[:, None])[:, 0])
             return None, token
 

@@ -359,6 +359,19 @@ def test_sampling_tops_up_lines_whose_samples_repeat(peaked, monkeypatch):
     assert any(len(full[i]) == 5 for i in short)
 
 
+def test_top_up_rounds_with_lines_of_different_lengths(peaked):
+    """A top-up round draws only for the lines still short of n. When those are all shorter than the batch's
+    longest line, every row of the round finishes early: the round ends there (it once stepped an empty batch
+    and crashed). 月 has 4 possible lines, so asking for 6 always tops it up; 明月春 has 24 and finishes first."""
+    uppers = ["明月春", "月"] * 3
+    together = peaked.complete_batch(uppers, n=6, seed=list(range(6)))
+    for upper, cands, seed in zip(uppers, together, range(6)):
+        texts = [c.text for c in cands]
+        assert len(set(texts)) == len(texts) and all(c.checks.valid and len(c.text) == len(upper) for c in cands)
+        assert texts == [c.text for c in peaked.complete(upper, n=6, seed=seed)]  # as alone
+    assert all(1 <= len(cands) <= 4 for cands in together[1::2])  # 月 has no more than 4 lines to give
+
+
 @pytest.mark.parametrize("upper, possible", [("月", 4), ("明月", 12)])
 def test_sampling_returns_fewer_lines_when_no_more_exist(peaked, upper, possible):
     """Asked for more 下联 than the model can write, sampling returns the distinct ones it found (all of them

@@ -729,6 +729,8 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
                 if not bool(keep.all()):
                     keep = keep.nonzero()[:, 0]
                     state, live, token = state.select(keep), live[keep], token[keep]
+                if not live.numel():  # a top-up round may hold only lines shorter than the batch's longest
+                    break
             logits = state.step(vocab.ids[token])
     return out
 

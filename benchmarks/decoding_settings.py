@@ -26,8 +26,9 @@ SETTINGS = {  # name -> EvalConfig fields
     "sample T=1.0": dict(method="sample", n=5, temperature=1.0, top_p=1.0),
     "sample T=0.7, top-p 0.9": dict(method="sample", n=5, temperature=0.7, top_p=0.9),
     "sample T=0.5, top-p 0.8": dict(method="sample", n=5, temperature=0.5, top_p=0.8),
-    "greedy + sample T=0.7, top-p 0.9": dict(method="sample", n=5, temperature=0.7, top_p=0.9, greedy_first=True),
-    "greedy + sample T=1.0": dict(method="sample", n=5, temperature=1.0, top_p=1.0, greedy_first=True),
+    "greedy + sample T=0.7, top-p 0.9": dict(method="sample", n=5, temperature=0.7, top_p=0.9, first="greedy"),
+    "greedy + sample T=1.0": dict(method="sample", n=5, temperature=1.0, top_p=1.0, first="greedy"),
+    "beam 5 + sample T=1.0": dict(method="sample", n=5, temperature=1.0, top_p=1.0, first="beam"),
 }
 
 

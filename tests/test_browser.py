@@ -214,7 +214,12 @@ def test_the_picture_downloads_as_svg_and_png(page, tmp_path):
     root = ET.fromstring(svg)
     assert root.tag == SVG_NS + "svg"
     drawn = {g.get("class"): "".join(t.text for t in g.iter(SVG_NS + "text")) for g in root.iter(SVG_NS + "g")}
-    assert drawn == {"upper": "春风秋月", "lower": lower.replace("，", "")}  # punctuation is not drawn
+    expected = {"upper": "春风秋月", "lower": lower.replace("，", "")}  # punctuation is not drawn
+    # Whether the server offers a 横批 depends on the 下联 it wrote; when it does, the pressed one hangs too.
+    pressed = page.locator("#hengpi-choices button[aria-pressed='true']")
+    if pressed.count():
+        expected["hengpi"] = pressed.inner_text()
+    assert drawn == expected
     assert "WenQuanYi Zen Hei" in root.get("font-family")
     width, height = int(root.get("width")), int(root.get("height"))
 

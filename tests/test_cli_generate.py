@@ -51,6 +51,20 @@ def test_generate_seed_is_reproducible(model_dir, capsys):
     assert capsys.readouterr().out not in ("", first)
 
 
+def test_generate_leads_with_beam_search_by_default(model_dir, capsys):
+    """Sampling's first candidate is beam search's best line unless --first says otherwise (greedy: the
+    temperature-0 line); the others are samples, which the seed decides."""
+    def texts(*extra):
+        assert main(["generate", "丹枫江冷人初去", "--model", model_dir, "-n", "4", *extra]) == 0
+        return [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
+
+    best_beam = texts("--method", "beam", "-n", "5")[0]
+    for seed in ("1", "2"):
+        sampled = texts("--seed", seed)
+        assert sampled[0] == best_beam and best_beam not in sampled[1:]
+    assert texts("--first", "greedy", "--seed", "3")[0] == texts("--temperature", "0")[0]
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
 def test_generate_file_skips_bad_lines(model_dir, tmp_path, capsys, fmt):
     src = tmp_path / "in.txt"

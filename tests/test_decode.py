@@ -341,9 +341,9 @@ def test_sampling_tops_up_lines_whose_samples_repeat(peaked, monkeypatch):
     """明月 has 4 x 3 = 12 possible 下联 here, so 5 draws often repeat one: the later rounds (SAMPLE_ROUNDS)
     draw again for those lines and find the missing ones."""
     uppers, seeds = ["明月"] * 12, list(range(12))
-    full = peaked.complete_batch(uppers, n=5, seed=seeds)
+    full = peaked.complete_batch(uppers, n=5, seed=seeds, first="sample")
     monkeypatch.setattr(decode, "SAMPLE_ROUNDS", 1)
-    first = peaked.complete_batch(uppers, n=5, seed=seeds)
+    first = peaked.complete_batch(uppers, n=5, seed=seeds, first="sample")
     short = [i for i, cands in enumerate(first) if len(cands) < 5]
     assert short, "no line repeated a sample in the first round: the test would not exercise the top-up"
     for i, (a, b) in enumerate(zip(first, full)):
@@ -362,13 +362,15 @@ def test_sampling_tops_up_lines_whose_samples_repeat(peaked, monkeypatch):
 def test_top_up_rounds_with_lines_of_different_lengths(peaked):
     """A top-up round draws only for the lines still short of n. When those are all shorter than the batch's
     longest line, every row of the round finishes early: the round ends there (it once stepped an empty batch
-    and crashed). 月 has 4 possible lines, so asking for 6 always tops it up; 明月春 has 24 and finishes first."""
+    and crashed). 月 has 4 possible lines, so asking for 6 always tops it up; 明月春 has 24 and finishes first.
+    All samples here (first="sample"): the peaked model's lines tie exactly, so a beam-search lead would be
+    decided by rounding, which differs between batch shapes."""
     uppers = ["明月春", "月"] * 3
-    together = peaked.complete_batch(uppers, n=6, seed=list(range(6)))
+    together = peaked.complete_batch(uppers, n=6, seed=list(range(6)), first="sample")
     for upper, cands, seed in zip(uppers, together, range(6)):
         texts = [c.text for c in cands]
         assert len(set(texts)) == len(texts) and all(c.checks.valid and len(c.text) == len(upper) for c in cands)
-        assert texts == [c.text for c in peaked.complete(upper, n=6, seed=seed)]  # as alone
+        assert texts == [c.text for c in peaked.complete(upper, n=6, seed=seed, first="sample")]  # as alone
     assert all(1 <= len(cands) <= 4 for cands in together[1::2])  # 月 has no more than 4 lines to give
 
 
@@ -379,7 +381,7 @@ def test_sampling_returns_fewer_lines_when_no_more_exist(peaked, upper, possible
     every = {"".join(p) for p in permutations(PEAKED, len(upper))}  # distinct characters, none of the 上联's
     assert len(every) == possible
     for seed in range(3):
-        cands = peaked.complete(upper, n=possible + 4, seed=seed)
+        cands = peaked.complete(upper, n=possible + 4, seed=seed, first="sample")
         texts = [c.text for c in cands]
         assert len(set(texts)) == len(texts) and set(texts) == every  # n + 4 draws, then the top-up: all
         assert all(c.checks.valid for c in cands)
@@ -460,12 +462,12 @@ def test_lines_of_different_lengths_decode_together_as_if_alone(model, couplets,
 
 
 def test_greedy_first_puts_the_greedy_line_among_varied_samples(couplets):
-    """greedy_first: each line's first sampled row takes the argmax at every step, so the greedy line is always
+    """first="greedy": each line's first sampled row takes the argmax at every step, so the greedy line is always
     a candidate (and the best one scores at least as high); the rest are samples, and seeded results still do
     not depend on the batch."""
     uppers = random_uppers(8, seed=9)
     greedy = [cs[0].text for cs in couplets.complete_batch(uppers, n=1, temperature=0)]
-    mixed = couplets.complete_batch(uppers, n=4, seed=2, temperature=0.8, greedy_first=True)
+    mixed = couplets.complete_batch(uppers, n=4, seed=2, temperature=0.8, first="greedy")
     plain = couplets.complete_batch(uppers, n=4, seed=2, temperature=0.8)
     for g, cands, others in zip(greedy, mixed, plain):
         texts = [c.text for c in cands]
@@ -473,5 +475,23 @@ def test_greedy_first_puts_the_greedy_line_among_varied_samples(couplets):
         best = max(c.score for c in cands)
         assert cands[0].score == best and best >= next(c.score for c in cands if c.text == g)
     assert [[c.text for c in cs] for cs in mixed] != [[c.text for c in cs] for cs in plain]
-    alone = couplets.complete(uppers[3], n=4, seed=2, temperature=0.8, greedy_first=True)
+    alone = couplets.complete(uppers[3], n=4, seed=2, temperature=0.8, first="greedy")
     assert [c.text for c in alone] == [c.text for c in mixed[3]]
+
+
+def test_beam_first_leads_with_the_beam_line_then_varied_samples(couplets):
+    """first="beam": the first candidate is beam search's best line (width LEAD_BEAM), the rest are the sampled
+    lines that differ from it, best first, n in all where they exist; seeded results do not depend on the batch."""
+    uppers = random_uppers(8, seed=10)
+    beams = couplets.complete_batch(uppers, n=decode.LEAD_BEAM, method="beam")
+    samples = couplets.complete_batch(uppers, n=4, seed=3)
+    mixed = couplets.complete_batch(uppers, n=4, seed=3, first="beam")
+    for beam, sampled, cands in zip(beams, samples, mixed):
+        assert cands[0].text == beam[0].text and cands[0].score == pytest.approx(beam[0].score)
+        rest = [c.text for c in cands[1:]]
+        assert rest == [c.text for c in sampled if c.text != beam[0].text][:3]
+        assert len(set(c.text for c in cands)) == len(cands) and all(c.checks.valid for c in cands)
+    assert [c.text for c in couplets.complete(uppers[5], n=4, seed=3, first="beam")] == [c.text for c in mixed[5]]
+    assert [c.text for c in couplets.complete(uppers[0], n=1, first="beam")] == [beams[0][0].text]
+    with pytest.raises(ValueError, match="first must be one of"):
+        decode.Search(first="best")

@@ -117,12 +117,18 @@ def test_couplets_normalises_and_returns_candidates_with_checks(client):
 
 def test_options_reach_the_decoder(client, model):
     body = {"upper": "春风", "n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9,
-            "seed": 5, "allow_upper_chars": True, "script": "traditional"}
+            "seed": 5, "allow_upper_chars": True, "script": "traditional", "first": "greedy"}
     assert client.post("/v1/couplets", json=body).status_code == 200
     (uppers, options), = model.calls
     assert uppers == ["春风"]
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
-                       "allow_upper_chars": True, "script": "traditional", "hengpi": 0}  # one seed per 上联
+                       "allow_upper_chars": True, "script": "traditional", "hengpi": 0,
+                       "first": "greedy"}  # one seed per 上联
+    # Left out, the first candidate comes from beam search, as in the API.
+    assert client.post("/v1/couplets", json={"upper": "春风"}).status_code == 200
+    assert model.calls[-1][1]["first"] == "beam"
+    r = client.post("/v1/couplets", json={"upper": "春风", "first": "best"})
+    assert r.status_code == 422 and "first" in r.text
 
 
 def test_acrostic(client):

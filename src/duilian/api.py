@@ -91,8 +91,9 @@ class Options:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    greedy_first: bool = False
-    """Sampling: one candidate is the greedy line (decode.Search.greedy_first)."""
+    first: str = "beam"
+    """With sampling, where the first candidate comes from: beam (the likeliest line a width-5 beam search finds,
+    then samples; the default, best on the test split), greedy or sample (decode.Search.first)."""
     seed: int | None = None
     """Same seed, same 上联, same options -> same candidates, whatever else is in the batch."""
     allow_upper_chars: bool = False
@@ -112,7 +113,7 @@ class Options:
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
-                             top_p=self.top_p, greedy_first=self.greedy_first)
+                             top_p=self.top_p, first=self.first)
 
 
 def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,

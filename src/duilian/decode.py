@@ -61,6 +61,10 @@ GREEDY_BELOW = 1e-3
 """Temperatures below this sample greedily (the likeliest allowed token, one candidate). Dividing log-probs
 by them puts all the mass on the argmax anyway (a 0.01-nat lead becomes a factor e^10), and much smaller
 divisors overflow float32 to -inf everywhere, which would turn the softmax into NaN."""
+LEAD_BEAM = 5
+"""Beam width of the leading candidate with Search(first="beam"): on the test split, beam 5's first candidate
+scored higher BLEU than beam 10's (benchmarks/decoding_settings.py)."""
+FIRSTS = ("sample", "greedy", "beam")
 SAMPLE_ROUNDS = 3
 """Sampling draws n rows per line, then up to SAMPLE_ROUNDS - 1 more rounds (twice the number still
 missing) for lines whose samples were duplicates."""
@@ -151,9 +155,12 @@ class Search:
     """Sample among the k most likely allowed tokens; 0 = all."""
     top_p: float = 1.0
     """Nucleus sampling: the smallest set of allowed tokens whose probability reaches top_p; 1 = all."""
-    greedy_first: bool = False
-    """Sampling: the first row of each line takes the likeliest allowed token at every step, so the greedy
-    line is always a candidate and the best of them is at least as likely; the other rows vary."""
+    first: str = "sample"
+    """With sampling, where the first candidate comes from (beam search ignores it): "sample" (like the others),
+    "greedy" (one row of
+    each line takes the likeliest allowed token at every step, so the greedy line is always a candidate), or
+    "beam" (the best line of a beam search of width LEAD_BEAM leads, then the samples that differ from it, best
+    first: the first candidate is the most likely line the search can find, the others vary)."""
 
     @property
     def greedy(self) -> bool:
@@ -166,6 +173,8 @@ class Search:
             raise ValueError(f"n must be between 1 and 64, not {self.n}")
         if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails both comparisons
             raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, not {self.temperature}")
+        if self.first not in FIRSTS:
+            raise ValueError(f"first must be one of {', '.join(FIRSTS)}, not {self.first!r}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), not {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -649,6 +658,8 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
 
     net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length).
     """
+    if search.method == "sample" and search.first == "beam" and not search.greedy:
+        return _beam_then_samples(net, vocab, specs, search)
     results: list[list[Hypothesis]] = [[] for _ in specs]
     rows_per_line = 1 if search.greedy else search.n
     chunks: list[list[int]] = []
@@ -675,6 +686,20 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
             for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device)):
                 results[i] = hyps
     return results
+
+
+def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
+    """Search(first="beam"): per line, the best line of a LEAD_BEAM-wide beam search, then up to n - 1 samples
+    that differ from it, best first (n are drawn, so one equal to the lead still leaves n - 1)."""
+    from dataclasses import replace
+
+    leads = decode(net, vocab, specs, Search(method="beam", n=LEAD_BEAM))
+    samples = decode(net, vocab, specs, replace(search, first="sample")) if search.n > 1 else [[] for _ in specs]
+    out = []
+    for lead, rest in zip(leads, samples):
+        head = lead[:1]
+        out.append(head + [h for h in rest if not head or h.tokens != head[0].tokens][:search.n - len(head)])
+    return out
 
 
 def length_spans(specs: list[LineSpec], rows_per_line: int) -> list[list[int]]:
@@ -758,7 +783,7 @@ def _sample(net, vocab, specs, search, device):
                        for k, g, s in zip(counts, gens, specs) if k]).to(device)
         logp_sum = torch.zeros(rows.numel(), device=device)
         argmax_row = torch.zeros(rows.numel(), dtype=torch.bool, device=device)  # (R,) rows written greedily
-        if search.greedy_first and round_ == 0:
+        if search.first == "greedy" and round_ == 0:
             argmax_row[torch.tensor([0] + counts[:-1]).cumsum(0).to(device)] = True  # each line's first row
 
         def choose(t, logp, live):

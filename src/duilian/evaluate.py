@@ -69,8 +69,9 @@ class EvalConfig:
     """Sampling temperature for method='sample'."""
     top_p: float = 1.0
     """Nucleus sampling mass for method='sample' (1 = off)."""
-    greedy_first: bool = False
-    """method='sample': one candidate of each 上联 is the greedy line (decode.Search.greedy_first)."""
+    first: str = "sample"
+    """method='sample': where the first candidate comes from (decode.Search.first: sample, greedy or beam).
+    Sample by default, so that `--method sample` scores sampling; the API's default, beam, scores as beam 5."""
     allow_upper_chars: bool = False
     """Let the 下联 reuse 上联 characters (at other positions); used for decoding and for the form checks."""
     device: str = "cpu"
@@ -182,7 +183,7 @@ def _decode_options(config: EvalConfig) -> dict:
         # Temperature 0 is the decoder's greedy mode: the most likely allowed token at every step.
         return {"method": "sample", "temperature": 0.0, **common}
     return {"method": "sample", "seed": config.seed, "temperature": config.temperature, "top_p": config.top_p,
-            "greedy_first": config.greedy_first, **common}
+            "first": config.first, **common}
 
 
 def _usable(pairs, couplets) -> tuple[list[tuple[str, str]], dict[str, int]]:

@@ -27,6 +27,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --method sample (default: 0)")
     parser.add_argument("--temperature", type=float, default=1.0, help="for --method sample (default: 1.0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass for --method sample; 1 = off (default: 1.0)")
+    parser.add_argument("--first", choices=("sample", "greedy", "beam"), default="sample",
+                        help="--method sample: where the first (scored) candidate comes from; beam scores as a "
+                             "width-5 beam search, like the API's default (default: sample)")
     parser.add_argument("--allow-upper-chars", action="store_true",
                         help="let the 下联 reuse 上联 characters at other positions (decoding and form checks)")
     # which model: --model, --device, --int8
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = EvalConfig(limit=args.limit, n=args.n, method=args.method, batch_size=args.batch_size,
-                            seed=args.seed, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, temperature=args.temperature, top_p=args.top_p, first=args.first,
                             allow_upper_chars=args.allow_upper_chars, **model_kwargs(args))
         report = evaluate(args.model, args.test, config, progress=not args.quiet)
     # Bad settings and corpus errors are ValueErrors; a missing file is an OSError, a broken .gz an

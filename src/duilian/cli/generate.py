@@ -58,6 +58,9 @@ def add_decode_options(parser: argparse.ArgumentParser) -> None:
                         help="sampling temperature; 0 = greedy (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest characters; 0 = all")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
+    parser.add_argument("--first", choices=("beam", "greedy", "sample"), default="beam",
+                        help="with sampling, where the first candidate comes from: beam (the likeliest line a "
+                             "width-5 beam search finds; the others are sampled), greedy, or sample (default: beam)")
     parser.add_argument("--script", choices=("auto", "simplified", "traditional"), default="auto",
                         help="the answer's script; auto follows the input: a traditional 上联 gets a traditional "
                              "下联 (default: auto)")
@@ -72,7 +75,7 @@ def decode_options(args: argparse.Namespace) -> dict:
     from ..api import HENGPI_OFFERED
 
     return {"method": args.method, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "script": args.script, "hengpi": HENGPI_OFFERED if args.hengpi else 0}
+            "top_p": args.top_p, "first": args.first, "script": args.script, "hengpi": HENGPI_OFFERED if args.hengpi else 0}
 
 
 def write_svg(path: str, upper: str, lower: str, hengpi) -> None:

@@ -6,8 +6,9 @@ Same model (random weights unless --model), same 上联, same process, same thre
              the seed's pipeline snippet (max_length raised only where a line does not fit in 25 tokens);
              throughput in batches of --batch 上联 (cut from the set sorted by length) with left padding and
              an attention mask.
-  duilian    Couplets.complete / complete_batch(n=5, method=sample): masks, KV cache, stop at the 上联's length;
-             throughput in the same batches.
+  duilian    Couplets.complete / complete_batch(n=5, method=sample, first=sample: all five sampled, as
+             generate does; the API's default leads with a beam search); masks, KV cache, stop at the
+             上联's length; throughput in the same batches.
   duilian_int8  the same with int8 weights (duilian.load(..., quantize="int8")), unless --no-int8.
 
 Reports per preset: latency for one 上联 with 5 candidates (median over the latency set), throughput over
@@ -126,7 +127,7 @@ def bench(model, name: str, args, tokenizer=None) -> dict:
         # warm-up, all sides
         baseline_batch(model, latency_set[:1], 0, c.tokenizer)
         for s in sides.values():
-            s.complete(latency_set[0], n=N, seed=0)
+            s.complete(latency_set[0], n=N, seed=0, first="sample")
 
         def timed(fn):
             t0 = time.perf_counter()
@@ -138,7 +139,7 @@ def bench(model, name: str, args, tokenizer=None) -> dict:
         for i, u in enumerate(latency_set):
             lat["baseline"].append(timed(lambda: baseline_batch(model, [u], i, c.tokenizer)))
             for k, s in sides.items():
-                lat[k].append(timed(lambda: s.complete(u, n=N, seed=i)))
+                lat[k].append(timed(lambda: s.complete(u, n=N, seed=i, first="sample")))
         # 2) throughput: all 上联 in batches of --batch, the sides taking turns batch by batch so that a
         #    change in the machine's load (it is shared) falls on all alike. The batches are cut from the
         #    上联 sorted by length, which spares the baseline most of its padding and gives duilian (which
@@ -150,10 +151,10 @@ def bench(model, name: str, args, tokenizer=None) -> dict:
             batch = by_length[i:i + args.batch]
             t["baseline"] += timed(lambda: outs["baseline"].extend(baseline_batch(model, batch, i, c.tokenizer)))
             for k, s in sides.items():
-                t[k] += timed(lambda: outs[k].extend(s.complete_batch(batch, n=N, seed=i)))
+                t[k] += timed(lambda: outs[k].extend(s.complete_batch(batch, n=N, seed=i, first="sample")))
         # 3) duilian given all 上联 in one call, as `duilian generate --input` does (it decodes lines of equal
         #    length together, so one call makes few, full groups where batches of 50 make many small ones)
-        t_all = {k: timed(lambda: s.complete_batch(uppers, n=N, seed=0)) for k, s in sides.items()}
+        t_all = {k: timed(lambda: s.complete_batch(uppers, n=N, seed=0, first="sample")) for k, s in sides.items()}
     lat_b = statistics.median(lat["baseline"])
     thr_b = N * len(uppers) / t["baseline"]
     result = {

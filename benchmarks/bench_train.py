@@ -2,8 +2,10 @@
 
     fixed          the seed's way: every row padded to 64 tokens, the 21,128-token BERT vocabulary
     batch+bucket   rows of similar length together, padded to the batch's longest (BERT vocabulary)
-    corpus vocab   batch+bucket with the corpus's own vocabulary and the trained [UNK] (--unk-frac 0.005):
+    corpus vocab   batch+bucket with the corpus's own vocabulary and the trained [UNK] (--unk-frac 0.005)
+    corpus+auto    the same with --dtype auto (bf16 autocast where the CPU has native bf16 matmuls, else fp32):
                    what `duilian prepare` + `duilian train --bucket` do now
+The first three run in fp32, so each ratio isolates one change.
 
     python benchmarks/bench_train.py                   # tiny and mini, 12 steps of 64 lines each
     python benchmarks/bench_train.py --presets mini --steps 20 --pairs 50000 --rounds 2
@@ -52,15 +54,17 @@ def main() -> None:
     from duilian.dataset import write_dataset
     from duilian.text import PUNCTUATION
     from duilian.tokenizer import Tokenizer, default_tokenizer
-    from duilian.train import TrainConfig, train
+    from duilian.train import TrainConfig, cpu_has_bf16, train
 
     pairs = read_pairs(args.pairs)
     lengths = [len(u) + len(l) + 3 for u, l in pairs]
     print(f"{len(pairs):,} lines, mean {sum(lengths) / len(lengths):.1f} tokens of 64")
     corpus_vocab = Tokenizer.for_corpus(Counter("".join(u + l for u, l in pairs)), 3, "".join(PUNCTUATION))
-    modes = {"fixed": ("bert", dict(pad="fixed", unk_frac=0)),
-             "batch+bucket": ("bert", dict(pad="batch", bucket=True, unk_frac=0)),
-             "corpus vocab": ("corpus", dict(pad="batch", bucket=True))}
+    # fp32 for the first three, so that each ratio isolates one change; the last adds --dtype auto.
+    modes = {"fixed": ("bert", dict(pad="fixed", unk_frac=0, dtype="fp32")),
+             "batch+bucket": ("bert", dict(pad="batch", bucket=True, unk_frac=0, dtype="fp32")),
+             "corpus vocab": ("corpus", dict(pad="batch", bucket=True, dtype="fp32")),
+             "corpus+auto": ("corpus", dict(pad="batch", bucket=True, dtype="auto"))}
     with tempfile.TemporaryDirectory() as tmp:
         data = {"bert": Path(tmp) / "data-bert", "corpus": Path(tmp) / "data-corpus"}
         write_dataset(data["bert"], {"train": pairs}, default_tokenizer(), seq_len=64)
@@ -81,7 +85,11 @@ def main() -> None:
                           f"   (run {time.perf_counter() - t:.0f} s)", flush=True)
             print(f"{preset:<8}{'bucket/fixed':<14}{tps['batch+bucket'] / tps['fixed']:>11.2f}x")
             print(f"{preset:<8}{'corpus/bert':<14}{tps['corpus vocab'] / tps['batch+bucket']:>11.2f}x   "
-                  "(the new trainer against today's, both bucketed)")
+                  "(the vocabulary alone, both bucketed, fp32)")
+            print(f"{preset:<8}{'auto/fp32':<14}{tps['corpus+auto'] / tps['corpus vocab']:>11.2f}x   "
+                  f"(--dtype auto: {'bf16' if cpu_has_bf16() else 'fp32'} on this CPU)")
+            print(f"{preset:<8}{'new/before':<14}{tps['corpus+auto'] / tps['batch+bucket']:>11.2f}x   "
+                  "(prepare + train now against the bucketed BERT-vocabulary fp32 trainer before them)")
 
 
 if __name__ == "__main__":

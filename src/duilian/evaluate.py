@@ -344,7 +344,8 @@ def render_markdown(report: dict) -> str:
         + (f" ({sum(report['skipped'].values())} skipped: "
            + ", ".join(f"{k} × {v}" for k, v in report["skipped"].items()) + ")" if report["skipped"] else "")
         + f"; decoding `{cfg['method']}`, n={cfg['n']}"
-        + (f", temperature {cfg['temperature']:g}, top-p {cfg['top_p']:g}" if cfg["method"] == "sample" else "")
+        + (f", temperature {cfg['temperature']:g}, top-p {cfg['top_p']:g}, first candidate from "
+           f"{cfg.get('first', 'sample')}" if cfg["method"] == "sample" else "")
         + f", batch {cfg['batch_size']}, device {cfg['device']}."
         + (f" {report['unknown_characters']['pairs']} pairs hold characters outside the model's vocabulary: read "
            "as [UNK] in the 上联, not scored in the reference." if report.get("unknown_characters", {}).get("pairs")

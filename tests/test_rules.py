@@ -46,3 +46,26 @@ def test_each_violation_is_caught():
 
 def test_level_ending_rule_applies_only_after_an_oblique_upper_line():
     assert check_pair("黄叶声从天外来", "丹枫江冷人初去").ends_level is None
+
+
+def test_the_tone_table_is_pypinyins_single_character_table():
+    """rules reads pypinyin's JSON file itself (the package's import would load its phrase dictionary too)."""
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    from duilian import rules
+
+    assert rules.pinyin_dict == pinyin_dict and len(pinyin_dict) > 40_000
+
+
+def test_the_first_command_imports_neither_transformers_nor_pypinyin(tmp_path):
+    """`duilian generate` on the embedded model decodes from safetensors with the lean decoder: transformers
+    (3 s to import) and pypinyin's package (its phrase dictionary) stay out of the process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom duilian.cli import main\nrc = main(['generate', '丹枫江冷人初去', '-n', '1'])\n"
+            "print(rc, sorted(m for m in ('transformers', 'pypinyin') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lower, result = done.stdout.strip().splitlines()
+    assert len(lower.split("\t")[0]) == 7 and result == "0 []"

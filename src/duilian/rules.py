@@ -9,12 +9,29 @@ reading at all has no tone class (None) and passes every tone rule.
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-# pypinyin's single-character table (code point -> "zǐ,zi"), most common reading first. Read directly:
-# `pypinyin.pinyin` would also load its 0.3 s phrase dictionary, which single characters never use.
-from pypinyin.pinyin_dict import pinyin_dict
+
+
+def _pinyin_dict() -> dict[int, str]:
+    """pypinyin's single-character table (code point -> "zǐ,zi"), most common reading first, read from its
+    JSON file. Importing any pypinyin module runs the package's __init__, which loads its phrase dictionary
+    (0.3-0.5 s of the first command's start), and single characters never use that."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("pypinyin")  # finds the package without running it
+    path = Path(spec.submodule_search_locations[0]) / "pinyin_dict.json" if spec else None
+    if path is None or not path.is_file():  # a pypinyin laid out otherwise: the slow way
+        from pypinyin.pinyin_dict import pinyin_dict
+
+        return pinyin_dict
+    return {int(k): v for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+pinyin_dict = _pinyin_dict()
 
 from .text import PUNCTUATION, clauses, is_han
 

@@ -67,7 +67,8 @@ def register(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hardware")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S, help="default auto (CUDA when present)")
     g.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default=S,
-                   help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU (default auto)")
+                   help="autocast dtype; auto = bf16 where matmuls run natively in it (CUDA, CPUs with AVX-512 BF16 "
+                        "or AMX), else fp32 (default auto)")
     g.add_argument("--compile", action="store_true", default=S, help="torch.compile the transformer body")
     g.add_argument("--peak-flops", type=float, default=S,
                    help="peak bf16 FLOP/s of one GPU, for MFU (default 989e12, H100/H200 SXM dense)")

@@ -10,14 +10,12 @@ Set DUILIAN_SCREENSHOT_DIR to keep the screenshots somewhere to look at.
 import io
 import json
 import os
-import socket
 import struct
-import threading
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from loopback import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,34 +29,17 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     import duilian
     from duilian.model import build_model
     from duilian.serve import ServeConfig, create_app
 
     model_dir = tmp_path_factory.mktemp("tiny-model")
     build_model("tiny", seed=0).save_pretrained(model_dir)
-    app = create_app(duilian.load(model_dir), ServeConfig(batch_wait_ms=2))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    app = create_app(duilian.load(model_dir), ServeConfig(port=free_port(), batch_wait_ms=2))
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from duilian.serve import (
     ServeConfig,
     StrictJSONResponse,
     create_app,
-    uvicorn_config,
 )
 from duilian.text import CoupletInputError
+from loopback import free_port, serving
 
 
 # --- a real tiny random model, wrapped to record (and optionally hold or refuse) its calls ----------
@@ -575,32 +575,6 @@ def test_int8_weights_from_the_config_answer_like_fp32(tmp_path):
 
 
 # --- a real server on loopback: hostile connections ---------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serving(app, http="auto"):
-    """`app` (made with a ServeConfig on a free port) under uvicorn as `duilian serve` runs it
-    (serve.uvicorn_config), in a thread; yields the base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn_config(app, http=http, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def _raw(url: str, data: bytes = b"") -> socket.socket:
     """A raw connection to the server at `url` that has sent `data`."""
     host, port = url.removeprefix("http://").split(":")
@@ -637,8 +611,8 @@ def _wait_for(condition, timeout_s: float = 10) -> bool:
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_slow_clients_are_cut_off_and_others_are_still_served(model, http):
     limit = 0.5
-    app = create_app(model, ServeConfig(port=_free_port(), batch_wait_ms=1, read_timeout_s=limit))
-    with _serving(app, http) as url:
+    app = create_app(model, ServeConfig(port=free_port(), batch_wait_ms=1, read_timeout_s=limit))
+    with serving(app, http) as url:
         start = time.monotonic()
         slow = {
             "silent": _raw(url),  # connects and sends nothing
@@ -675,8 +649,8 @@ def test_slow_clients_are_cut_off_and_others_are_still_served(model, http):
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_endless_headers_are_refused(model, http):
-    app = create_app(model, ServeConfig(port=_free_port(), batch_wait_ms=1))
-    with _serving(app, http) as url:
+    app = create_app(model, ServeConfig(port=free_port(), batch_wait_ms=1))
+    with serving(app, http) as url:
         sock = _raw(url, b"GET /healthz HTTP/1.1\r\n")
         with contextlib.suppress(OSError):  # the server may close while this is still sending
             for _ in range(64):
@@ -687,8 +661,8 @@ def test_endless_headers_are_refused(model, http):
         assert httpx.get(url + "/healthz", timeout=10).status_code == 200
 
 def test_connections_beyond_the_cap_get_a_503_and_are_closed(model):
-    app = create_app(model, ServeConfig(port=_free_port(), batch_wait_ms=1, max_connections=2, read_timeout_s=30))
-    with _serving(app) as url:
+    app = create_app(model, ServeConfig(port=free_port(), batch_wait_ms=1, max_connections=2, read_timeout_s=30))
+    with serving(app) as url:
         idle = [_raw(url), _raw(url)]
         data, took = _until_closed(_raw(url))
         assert data.startswith(b"HTTP/1.1 503") and b"2 connections" in data and took < 5
@@ -701,9 +675,9 @@ def test_connections_beyond_the_cap_get_a_503_and_are_closed(model):
 def test_queued_requests_whose_clients_left_are_never_decoded(tiny):
     gate = threading.Event()
     model = Recording(tiny, gate=gate)  # holds each model call until the gate opens
-    app = create_app(model, ServeConfig(port=_free_port(), batch_wait_ms=1))
+    app = create_app(model, ServeConfig(port=free_port(), batch_wait_ms=1))
     batcher = app.state.batcher
-    with _serving(app) as url:
+    with serving(app) as url:
         held = []
         holder = threading.Thread(target=lambda: held.append(httpx.post(url + "/v1/couplets", json={"upper": "开门"},
                                                                          timeout=30)))

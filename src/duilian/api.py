@@ -93,7 +93,8 @@ class Options:
     top_p: float = 1.0
     first: str = "beam"
     """With sampling, where the first candidate comes from: beam (the likeliest line a width-5 beam search finds,
-    then samples; the default, best on the test split), greedy or sample (decode.Search.first)."""
+    then samples; the default, best on the test split), greedy (the greedy line is among the candidates, ranked
+    by score) or sample (decode.Search.first)."""
     seed: int | None = None
     """Same seed, same 上联, same options -> same candidates, whatever else is in the batch."""
     allow_upper_chars: bool = False

@@ -144,7 +144,8 @@ class DecodeOptions(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1: off")
     first: Literal["beam", "greedy", "sample"] = Field(
         "beam", description="with sampling, where the first candidate comes from: beam (the likeliest line a "
-                            "width-5 beam search finds, then samples), greedy, or sample")
+                            "width-5 beam search finds, then samples), greedy (the greedy line is among the "
+                            "candidates, ranked by score), or sample")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed, same answer (alone or batched)")
     allow_upper_chars: bool = Field(False, description="let the 下联 reuse characters of the 上联 elsewhere")
     script: Literal["auto", "simplified", "traditional"] = Field(

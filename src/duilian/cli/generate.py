@@ -60,7 +60,8 @@ def add_decode_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1.0)")
     parser.add_argument("--first", choices=("beam", "greedy", "sample"), default="beam",
                         help="with sampling, where the first candidate comes from: beam (the likeliest line a "
-                             "width-5 beam search finds; the others are sampled), greedy, or sample (default: beam)")
+                             "width-5 beam search finds; the others are sampled), greedy (the greedy line is among "
+                             "the candidates, ranked by score), or sample (default: beam)")
     parser.add_argument("--script", choices=("auto", "simplified", "traditional"), default="auto",
                         help="the answer's script; auto follows the input: a traditional 上联 gets a traditional "
                              "下联 (default: auto)")

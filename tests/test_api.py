@@ -260,8 +260,6 @@ def test_hengpi_with_each_candidate_in_the_couplet_s_script(c):
         assert [h.text for h in x.hengpi] == [h.text for h in c.hengpi("天增岁月人增寿", x.text)]
         assert x.to_dict()["hengpi"][0]["text"] == x.hengpi[0].text
     assert all(x.hengpi == () and "hengpi" not in x.to_dict() for x in c.complete("天增岁月人增寿", n=2, seed=0))
-    from duilian.script import to_traditional
-
     trad = c.complete("風調雨順年年好", n=1, seed=0, hengpi=2)[0]
     simp = c.complete("风调雨顺年年好", n=1, seed=0, hengpi=2)[0]
     assert [h.text for h in trad.hengpi] == [to_traditional(h.text) for h in simp.hengpi]

@@ -55,11 +55,9 @@ class Candidate:
     """横批 for this couplet, best first (Options.hengpi of them; none unless asked)."""
 
     def to_dict(self) -> dict:
-        out = {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-               "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown)}
-        if self.hengpi:
-            out["hengpi"] = [{"text": h.text, "score": h.score} for h in self.hengpi]
-        return out
+        return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
+                "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown),
+                **_hengpi_dict(self.hengpi)}
 
 
 @dataclass
@@ -75,11 +73,13 @@ class AcrosticCouplet:
     """横批 for this couplet, best first (none unless asked)."""
 
     def to_dict(self) -> dict:
-        out = {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
-               "checks": self.checks.to_dict()}
-        if self.hengpi:
-            out["hengpi"] = [{"text": h.text, "score": h.score} for h in self.hengpi]
-        return out
+        return {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
+                "checks": self.checks.to_dict(), **_hengpi_dict(self.hengpi)}
+
+
+def _hengpi_dict(hengpi: tuple[Hengpi, ...]) -> dict:
+    """The "hengpi" entry of a result's JSON: present only when 横批 were asked for."""
+    return {"hengpi": [{"text": h.text, "score": h.score} for h in hengpi]} if hengpi else {}
 
 
 @dataclass(frozen=True)
@@ -265,12 +265,11 @@ class Couplets:
         )
 
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options) -> Candidate:
-        lower = self.tokenizer.decode(h.tokens)  # simplified, as the model wrote it
+        lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens
         text = to_traditional(lower) if line.script == "traditional" else lower
         return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score,
                          checks=check_pair(line.shown, text, allow_upper_chars=opts.allow_upper_chars),
-                         unknown=line.unknown,
-                         hengpi=self._hengpi(line.model_text, to_simplified(lower), opts.hengpi, line.script))
+                         unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script))
 
     # --- 横批 -------------------------------------------------------------------------------------------------
     def hengpi(self, upper: str, lower: str, k: int = HENGPI_OFFERED) -> list[Hengpi]:
@@ -333,7 +332,7 @@ class Couplets:
             if lows:
                 low = lows[0]
                 lower = self.tokenizer.decode(low.tokens)
-                banners = self._hengpi(to_simplified(text), to_simplified(lower), opts.hengpi, script)
+                banners = self._hengpi(text, lower, opts.hengpi, script)  # both as the model wrote them: simplified
                 if script == "traditional":
                     text, lower = to_traditional(text), to_traditional(lower)
                 out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -157,10 +157,10 @@ class Search:
     """Nucleus sampling: the smallest set of allowed tokens whose probability reaches top_p; 1 = all."""
     first: str = "sample"
     """With sampling, where the first candidate comes from (beam search ignores it): "sample" (like the others),
-    "greedy" (one row of
-    each line takes the likeliest allowed token at every step, so the greedy line is always a candidate), or
-    "beam" (the best line of a beam search of width LEAD_BEAM leads, then the samples that differ from it, best
-    first: the first candidate is the most likely line the search can find, the others vary)."""
+    "greedy" (one row of each line takes the likeliest allowed token at every step, so the greedy line is always
+    a candidate, ranked by score), or "beam" (the best line of a beam search of width LEAD_BEAM leads, then the
+    samples that differ from it, best first: the first candidate is the most likely line the search can find,
+    the others vary)."""
 
     @property
     def greedy(self) -> bool:
@@ -691,8 +691,6 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
 def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
     """Search(first="beam"): per line, the best line of a LEAD_BEAM-wide beam search, then up to n - 1 samples
     that differ from it, best first (n are drawn, so one equal to the lead still leaves n - 1)."""
-    from dataclasses import replace
-
     leads = decode(net, vocab, specs, Search(method="beam", n=LEAD_BEAM))
     samples = decode(net, vocab, specs, replace(search, first="sample")) if search.n > 1 else [[] for _ in specs]
     out = []

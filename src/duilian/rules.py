@@ -9,10 +9,11 @@ reading at all has no tone class (None) and passes every tone rule.
 from __future__ import annotations
 
 import unicodedata
-from pathlib import Path
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
 
+from .text import PUNCTUATION, clauses, is_han
 
 
 def _pinyin_dict() -> dict[int, str]:
@@ -32,8 +33,6 @@ def _pinyin_dict() -> dict[int, str]:
 
 
 pinyin_dict = _pinyin_dict()
-
-from .text import PUNCTUATION, clauses, is_han
 
 LEVEL, OBLIQUE = "平", "仄"
 _TONE_MARKS = {"\u0304": LEVEL, "\u0301": LEVEL, "\u030c": OBLIQUE, "\u0300": OBLIQUE}  # ā á ǎ à (combining)

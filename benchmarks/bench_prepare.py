@@ -46,7 +46,7 @@ def main() -> None:
             start = time.perf_counter()
             summary = prepare(PrepareConfig([args.data], str(out), processes=n))
             wall = time.perf_counter() - start
-            rate = summary.train_corpus.lines / wall
+            rate = summary.sources[0].lines / wall
             print(
                 f"processes {n}: {wall:6.1f} s wall, {rate:,.0f} pairs/s, {wall / floor:.1f}x the read-only time; "
                 f"{summary.train_pairs:,} train + {summary.val_pairs:,} val pairs"

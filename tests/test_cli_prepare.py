@@ -8,7 +8,7 @@ from duilian import corpus
 from duilian.cli import main
 from duilian.dataset import TokenizedSplit, read_meta, read_tokenizer
 from duilian.text import PUNCTUATION, normalize
-from duilian.tokenizer import SPECIALS, default_tokenizer
+from duilian.tokenizer import MARKERS, SPECIALS, default_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "couplets"
 
@@ -33,8 +33,8 @@ def test_cli_prepare_writes_a_loadable_dataset(tmp_path, capsys):
     meta = read_meta(out)
     train, val = TokenizedSplit.open(out, "train"), TokenizedSplit.open(out, "val")
     assert len(train) == meta["splits"]["train"]["pairs"] and len(val) == meta["splits"]["val"]["pairs"] >= 12
-    assert len(train) + len(val) == meta["info"]["train_corpus"]["kept"]
-    assert meta["info"]["train_corpus"]["rejected"][corpus.REJECT_PUNCTUATION] == 5
+    assert len(train) + len(val) == meta["info"]["sources"][0]["kept"]
+    assert meta["info"]["sources"][0]["rejected"][corpus.REJECT_PUNCTUATION] == 5
     tok = read_tokenizer(out)
     line = train[0]
     assert line[0] == tok.cls_id and line[-1] == tok.sep_id and int(train.lengths.max()) <= 64
@@ -57,7 +57,8 @@ def test_corpus_vocabulary_is_the_training_split_s_characters(tmp_path, capsys):
     from collections import Counter
 
     train_chars = Counter(ch for i in range(len(train)) for ch in tok.decode(train[i][1:-1]) if ch != "-")
-    kept = [t for t in tok.tokens[6:] if t not in PUNCTUATION]
+    kept = [t for t in tok.tokens[6:] if t not in PUNCTUATION and t not in MARKERS]
+    assert set(MARKERS) <= set(tok.tokens[6:])  # [REV] and [KW] ride along, whether used or not
     counts = Counter()
     for i in range(len(train)):
         counts.update(int(t) for t in train[i])
@@ -96,7 +97,7 @@ def test_cli_prepare_tsv_with_separate_val_and_an_all_bad_corpus(tmp_path, capsy
     out = tmp_path / "data"
     assert main(["prepare", str(tsv), "--val", str(uer), "--out", str(out), "--processes", "2"]) == 0
     meta = read_meta(out)
-    assert meta["info"]["train_corpus"]["format"] == "tsv" and meta["info"]["val_corpus"]["format"] == "uer"
+    assert meta["info"]["sources"][0]["format"] == "tsv" and meta["info"]["val_corpus"]["format"] == "uer"
     assert meta["splits"]["val"]["pairs"] == meta["info"]["val_corpus"]["kept"] > 0
     capsys.readouterr()
     bad = _write(tmp_path / "bad.tsv", ["丹枫\t黄", "hello\tworld"])

@@ -193,7 +193,7 @@ def test_many_processes_write_the_same_bytes_as_one(tmp_path, monkeypatch):
     assert _dataset_bytes(tmp_path / "p1") == _dataset_bytes(tmp_path / "p3")
     assert summaries[1].to_dict() == summaries[3].to_dict()
     repeated_good = sum(clean_pair(u, l)[0] is not None for u, l in pairs[::3])  # a repeated reject is a reject
-    assert summaries[1].train_corpus.duplicates == repeated_good > 0
+    assert summaries[1].sources[0].duplicates == repeated_good > 0
 
 
 def test_separate_val_corpus_removes_its_uppers_from_train(tmp_path):
@@ -207,6 +207,58 @@ def test_separate_val_corpus_removes_its_uppers_from_train(tmp_path):
     assert info["val_split"] == "separate corpus"
     val_kept = summary.val_corpus.kept
     assert summary.val_pairs == val_kept > 0
-    assert summary.val_overlap == val_kept  # every kept val 上联 was also a training 上联
-    assert summary.train_pairs == summary.train_corpus.kept - summary.val_overlap
+    assert summary.sources[0].overlap == val_kept  # every kept val 上联 was also a training 上联
+    assert summary.train_pairs == summary.sources[0].kept - summary.sources[0].overlap
 
+
+
+def test_several_sources_are_named_filtered_and_split_each(tmp_path):
+    """Two sources: each is counted under its name and licence, loses its held-out pairs (上联 or 下联 listed,
+    in either script) and the pairs an earlier source holds, and gets its own validation split; the dataset's
+    `val` is their union, and both directions double the training lines, forward first."""
+    import hashlib
+    import json
+
+    from duilian.dataset import TokenizedSplit, read_tokenizer
+    from duilian.heldout import heldout_key
+
+    pairs = _fixture_pairs()
+    second = [("兩岸曉煙楊柳綠", "一園春雨杏花紅"), ("人間清暑殿", "天上廣寒宮"), ("三尺劍", "六鈞弓")] + \
+             [(u.replace(" ", ""), l.replace(" ", "")) for u, l in pairs[:4]]  # 4 pairs the first source holds
+    classical = tmp_path / "classical"
+    classical.mkdir()
+    _write(classical / "train.tsv", [f"{u}\t{l}" for u, l in second])
+    (classical / "source.json").write_text(json.dumps({"licence": "MIT"}), encoding="utf-8")
+    held = tmp_path / "heldout.sha256"
+    held.write_text(heldout_key("天上广寒宫") + "\n" + heldout_key(normalize(pairs[7][0])) + "\n", encoding="utf-8")
+
+    summary = prepare(PrepareConfig([f"modern={FIXTURE}", str(classical / "train.tsv")], str(tmp_path / "d"),
+                                    val_fraction=0.1, heldout=str(held), directions="both",
+                                    licences={"modern": "AGPL-3.0"}, min_count=1))
+    modern, cls = summary.sources
+    assert (modern.name, modern.licence, cls.name, cls.licence) == ("modern", "AGPL-3.0", "train", "MIT")
+    assert modern.heldout == 1 and cls.heldout == 1  # pairs[7]; 人間清暑殿/天上廣寒宮 (traditional, listed simplified)
+    assert cls.overlap == 4 and cls.kept == 7 and cls.train_pairs + cls.val_pairs == 7 - 1 - 4
+    meta = read_meta(tmp_path / "d")
+    assert meta["info"]["heldout"]["sha256"] == hashlib.sha256(held.read_bytes()).hexdigest()
+    assert set(meta["splits"]) == {"train", "val", "val.modern", "val.train"}
+    assert meta["splits"]["val"]["pairs"] == meta["splits"]["val.modern"]["pairs"] + meta["splits"]["val.train"]["pairs"]
+    n = summary.train_pairs
+    assert summary.lines["forward"] == summary.lines["backward"] == n and meta["splits"]["train"]["pairs"] == 2 * n
+    tok, train = read_tokenizer(tmp_path / "d"), TokenizedSplit.open(tmp_path / "d", "train")
+    first, back = tok.decode(train[0][1:-1]), tok.decode(train[n][1:-1])
+    assert back == "[REV]" + first.split("-")[1] + "-" + first.split("-")[0]
+    with pytest.raises(CorpusError, match="both named"):
+        prepare(PrepareConfig([f"a={FIXTURE}", f"a={classical / 'train.tsv'}"], str(tmp_path / "e")))
+
+
+def test_keyword_lines_join_the_training_split(tmp_path):
+    summary = prepare(PrepareConfig([str(FIXTURE)], str(tmp_path / "d"), keywords=0.5, min_count=1))
+    from duilian.dataset import TokenizedSplit, read_tokenizer
+
+    tok, train = read_tokenizer(tmp_path / "d"), TokenizedSplit.open(tmp_path / "d", "train")
+    k = summary.lines["keywords"]
+    assert 0.3 * summary.train_pairs < k < 0.7 * summary.train_pairs and len(train) == summary.train_pairs + k
+    line = tok.decode(train[len(train) - 1])
+    assert line.startswith("[CLS]") and "[KW]" in line and line.endswith("[SEP]")
+    assert 1 <= summary.lines["keyword_stats"]["keywords_per_line"] <= 3

@@ -526,3 +526,40 @@ def test_a_trained_unk_reads_like_the_character_it_hides(tmp_path):
     trained, untrained = gaps[0.15][0], gaps[0.0][0]
     assert trained < gaps[0.15][1], gaps  # [UNK] moves the scores less than a random known character does
     assert trained < 0.5 * untrained, gaps  # and far less than an [UNK] that was never trained
+
+
+def test_every_source_s_validation_split_is_scored_and_markers_never_take_the_v5_form(tmp_path):
+    """A dataset of two sources with backward and keyword lines: each validation split gets its own loss
+    (val_loss for all, val_loss.NAME per source), and the transformers-5 prompt form is drawn only for the
+    seed's own lines (a backward or keyword line keeps its marker right after [CLS])."""
+    from duilian.corpus import PrepareConfig, prepare
+    from duilian.dataset import read_tokenizer
+
+    pairs = fixture_pairs()
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text("".join(f"{u}\t{l}\n" for u, l in pairs[:150]), encoding="utf-8")
+    b.write_text("".join(f"{u}\t{l}\n" for u, l in pairs[150:]), encoding="utf-8")
+    data = tmp_path / "d"
+    prepare(PrepareConfig([str(a), str(b)], str(data), val_fraction=0.1, directions="both", keywords=0.3, min_count=1))
+    with one_thread():
+        got = train(tiny(data, tmp_path / "run", steps=4, eval_every=2, v5_prompt_frac=0.5))
+    assert {"val_loss", "val_loss.a", "val_loss.b"} <= set(got)
+    assert min(got["val_loss.a"], got["val_loss.b"]) <= got["val_loss"] <= max(got["val_loss.a"], got["val_loss.b"])
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if r.get("event") == "val" and "val_loss.b" in r] == [0, 2, 4]
+
+    # The loop's own batches: record each line's v5 choice and its second token.
+    tok = read_tokenizer(data)
+    seen = []
+
+    def recording_collate(split, indices, pad_to, pad_multiple=1, v5_form=None, *args, **kwargs):
+        if v5_form is not None:
+            seen.extend((int(split[int(i)][1]), bool(v)) for i, v in zip(indices, v5_form))
+        return collate(split, indices, pad_to, pad_multiple, v5_form, *args, **kwargs)
+
+    markers = {tok.reverse_id, tok.keyword_id}
+    with one_thread(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "collate", recording_collate)
+        train(tiny(data, tmp_path / "run2", steps=6, v5_prompt_frac=0.6))
+    assert sum(t in markers for t, _ in seen) > 10 and any(v for t, v in seen if t not in markers)
+    assert not any(v for t, v in seen if t in markers)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import itertools
+import json
 import lzma
 import multiprocessing
 import re
@@ -39,7 +40,7 @@ import numpy as np
 
 from .dataset import write_dataset
 from .text import HAN_BLOCKS, PUNCTUATION, is_han, normalize
-from .tokenizer import SEPARATOR, Tokenizer, default_tokenizer
+from .tokenizer import MARKER_CHARS, REVERSE, SEPARATOR, Tokenizer, default_tokenizer
 
 # --- reject reasons, in the order the checks run (a pair is counted under the first it fails) -----
 REJECT_MALFORMED = "malformed"  # a tsv line without exactly one tab, a uer line without exactly one '-'
@@ -62,6 +63,7 @@ REASONS = (
 )
 
 FORMATS = ("auto", "parallel", "tsv", "uer")
+DIRECTIONS = ("forward", "both")
 VOCABS = ("corpus", "bert")
 """corpus: the training split's own characters (vocab.txt in the dataset; the model gets that many rows);
 bert: the seed's 21,128-token vocabulary, pairs with other characters rejected."""
@@ -78,17 +80,19 @@ class CorpusError(ValueError):
 @dataclass
 class PrepareConfig:
     inputs: list[str]
-    """The training corpus: a directory with in.txt/out.txt, the two paths, or one tsv/uer file."""
+    """The training corpora, one source each: a directory with in.txt/out.txt or one tsv/uer file, optionally
+    named `NAME=PATH` (default name: the directory's or file's stem). Two paths named in.* and out.* are one
+    parallel source, as before several sources existed."""
     out_dir: str
     """Where the dataset (train/val token arrays and meta.json) is written."""
     val: list[str] | None = None
-    """A separate validation corpus (same forms as `inputs`); None splits one off `inputs`."""
+    """A separate validation corpus (same forms as one source of `inputs`); None splits one off each source."""
     seq_len: int = 64
     """Longest training line in tokens, [CLS] 上联 - 下联 [SEP]; longer pairs are rejected."""
     val_fraction: float = 0.01
-    """Share of the cleaned pairs split off for validation when `val` is None (0 = no validation set)."""
+    """Share of each source's cleaned pairs split off for validation when `val` is None (0 = none)."""
     seed: int = 0
-    """Chooses which pairs the validation split takes; the same seed and corpus give the same split."""
+    """Chooses which pairs the validation split takes and the keyword lines; same seed and corpus, same data."""
     processes: int = 1
     """Worker processes that clean chunks of lines; the output does not depend on it."""
     format: str = "auto"
@@ -100,6 +104,18 @@ class PrepareConfig:
     min_count: int = 3
     """With vocab=corpus, characters seen fewer times in the training split are left out and become [UNK]:
     a character seen once or twice gets too few updates to mean anything, while [UNK] is trained."""
+    licences: dict[str, str] = field(default_factory=dict)
+    """Source name -> its licence, for the summary and the model card; else a source.json beside the source
+    ({"licence": ...}), else "unknown"."""
+    heldout: str | None = None
+    """A held-out list (duilian.heldout: one sha256 key a line): every pair whose 上联 or 下联 is listed is dropped,
+    counted per source."""
+    directions: str = "forward"
+    """forward: the seed's lines only; both: also each training pair backward, [CLS][REV]下联-上联[SEP], so one
+    model also scores P(上联 | 下联). Validation keeps the forward lines, comparable across datasets."""
+    keywords: float = 0.0
+    """Share of training pairs that also get a keyword line, [CLS]词[KW]…上联-下联[SEP] (duilian.keywords): what
+    `compose` needs. 0 = none."""
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -108,8 +124,8 @@ class PrepareConfig:
             raise ValueError(f"vocab must be one of {', '.join(VOCABS)}, not {self.vocab!r}")
         if self.min_count < 1:
             raise ValueError(f"min_count must be at least 1, not {self.min_count}")
-        if not 1 <= len(self.inputs) <= 2:
-            raise ValueError("give one input (a directory or a tsv/uer file) or two (in.txt and out.txt)")
+        if not self.inputs:
+            raise ValueError("give at least one corpus")
         if self.val is not None and not 1 <= len(self.val) <= 2:
             raise ValueError("--val takes a directory, one tsv/uer file, or in.txt and out.txt")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -118,6 +134,10 @@ class PrepareConfig:
             raise ValueError(f"seq_len {self.seq_len} cannot hold even a one-character couplet (5 tokens)")
         if self.processes < 1:
             raise ValueError(f"processes must be at least 1, not {self.processes}")
+        if self.directions not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {', '.join(DIRECTIONS)}, not {self.directions!r}")
+        if not 0.0 <= self.keywords <= 1.0:
+            raise ValueError(f"keywords is a share in [0, 1], not {self.keywords}")
 
 
 # --- 1) finding and reading the files -------------------------------------------------------------
@@ -149,6 +169,52 @@ def resolve_source(inputs: list[str], format: str = "auto") -> CorpusSource:
     if format == "auto":
         format = _sniff_format(path)
     return CorpusSource(format, (path,))
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    """One training source of a dataset: its name (for the summary and the per-source validation split),
+    files and licence."""
+
+    name: str
+    source: CorpusSource
+    licence: str
+
+
+def resolve_sources(inputs: list[str], format: str = "auto", licences: dict[str, str] | None = None) -> list[NamedSource]:
+    """The sources of `duilian prepare INPUT...`: each input is one source, `NAME=PATH` or a plain path
+    (named after its directory or file stem), except that two plain paths named in.* and out.* are the two
+    halves of one parallel corpus. A source's licence is `licences[name]`, else the "licence" of a
+    source.json in the source's directory, else "unknown"."""
+    plain = [i for i in inputs if "=" not in i]
+    if len(inputs) == 2 and len(plain) == 2 and [Path(i).name.split(".")[0] for i in inputs] == ["in", "out"]:
+        groups = [(Path(inputs[0]).parent.name or "corpus", inputs)]
+    else:
+        groups = []
+        for item in inputs:
+            name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+            groups.append((name or Path(path).name.split(".")[0], [path]))
+    names = [n for n, _ in groups]
+    if len(set(names)) != len(names):
+        raise CorpusError(f"two sources are both named {max(names, key=names.count)!r}; name them: NAME=PATH")
+    if any(not re.fullmatch(r"[\w-]+", n) for n in names):
+        raise CorpusError(f"a source name is letters, digits, _ and - only: {', '.join(names)}")
+    out = []
+    for name, paths in groups:
+        source = resolve_source(paths, format)
+        out.append(NamedSource(name, source, (licences or {}).get(name) or _source_licence(source)))
+    unknown = set(licences or {}) - set(names)
+    if unknown:
+        raise CorpusError(f"a licence is given for {', '.join(sorted(unknown))}, which is not a source")
+    return out
+
+
+def _source_licence(source: CorpusSource) -> str:
+    info = source.paths[0].parent / "source.json"
+    try:
+        return str(json.loads(info.read_text(encoding="utf-8")).get("licence", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def _find_in_dir(directory: Path, name: str) -> Path:
@@ -302,6 +368,9 @@ class CorpusStats:
 
     inputs: list[str]
     format: str
+    name: str = ""
+    """The source's name (NamedSource.name); empty for a separate validation corpus."""
+    licence: str = "unknown"
     lines: int = 0
     """Records read (one per line of the corpus)."""
     kept: int = 0
@@ -311,15 +380,28 @@ class CorpusStats:
     """Pairs equal (after normalisation) to an earlier kept pair."""
     examples: dict[str, dict] = field(default_factory=dict)
     """reason (or "duplicate") -> {"line": 1-based line number, "text": the raw line(s)}, first seen."""
+    heldout: int = 0
+    """Kept pairs then dropped because the 上联 or the 下联 is on the held-out list."""
+    overlap: int = 0
+    """Pairs dropped because an earlier source already holds them, or (training) because their 上联 is in the
+    separate validation corpus."""
+    train_pairs: int = 0
+    val_pairs: int = 0
 
     def to_dict(self) -> dict:
         return {
+            "name": self.name,
+            "licence": self.licence,
             "inputs": self.inputs,
             "format": self.format,
             "lines": self.lines,
             "kept": self.kept,
             "rejected": dict(self.rejected),
             "duplicates": self.duplicates,
+            "heldout": self.heldout,
+            "overlap": self.overlap,
+            "train_pairs": self.train_pairs,
+            "val_pairs": self.val_pairs,
             "examples": self.examples,
         }
 
@@ -436,47 +518,60 @@ def _hash_key(salt: bytes, upper: str) -> int:
 class PrepareSummary:
     """What `prepare` read, rejected, split and wrote; also stored in the dataset's meta.json."""
 
-    train_corpus: CorpusStats
+    sources: list[CorpusStats]
+    """One per training source, in the order given."""
     val_corpus: CorpusStats | None
-    """Stats of the separate validation corpus; None when val was split off the training corpus."""
+    """Stats of the separate validation corpus; None when val was split off each source."""
     seq_len: int
     val_fraction: float
     seed: int
+    heldout: dict | None = None
+    """The held-out list used: its path, its sha256 and how many keys it holds; None when none was given."""
     train_pairs: int = 0
     val_pairs: int = 0
-    val_overlap: int = 0
-    """Training pairs dropped because their 上联 is in the separate validation corpus."""
+    lines: dict = field(default_factory=dict)
+    """Training lines by kind: forward (the pairs), backward, keywords; and the keyword lines' stats."""
     vocab: dict = field(default_factory=dict)
     """The vocabulary written: kind, size, min_count, characters left out and their occurrences as [UNK]."""
 
     def to_dict(self) -> dict:
         return {
-            "train_corpus": self.train_corpus.to_dict(),
+            "sources": [st.to_dict() for st in self.sources],
             "val_corpus": None if self.val_corpus is None else self.val_corpus.to_dict(),
             "seq_len": self.seq_len,
             "val_split": "separate corpus" if self.val_corpus is not None else {"fraction": self.val_fraction, "seed": self.seed},
+            "heldout": self.heldout,
             "train_pairs": self.train_pairs,
             "val_pairs": self.val_pairs,
-            "val_overlap": self.val_overlap,
+            "lines": self.lines,
             "vocab": self.vocab,
         }
 
     def format(self) -> str:
         """A few lines for a person: what was kept and, for each reject reason, a count and an example."""
         out = []
-        for name, stats in (("train", self.train_corpus), ("val", self.val_corpus)):
+        named = [(f"source {st.name} [{st.licence}]", st) for st in self.sources] + [("val corpus", self.val_corpus)]
+        for title, stats in named:
             if stats is None:
                 continue
-            out.append(f"{name} corpus ({stats.format}: {', '.join(stats.inputs)}): {stats.lines:,} lines, {stats.kept:,} pairs kept")
+            out.append(f"{title} ({stats.format}: {', '.join(stats.inputs)}): {stats.lines:,} lines, {stats.kept:,} pairs kept")
             for reason in (*REASONS, "duplicate"):
                 n = stats.duplicates if reason == "duplicate" else stats.rejected[reason]
                 if n:
                     ex = stats.examples[reason]
                     out.append(f"  {reason:<22} {n:>8,}   e.g. line {ex['line']}: {ex['text']}")
+            if self.heldout is not None and stats is not self.val_corpus:
+                out.append(f"  {'held out':<22} {stats.heldout:>8,}   (上联 or 下联 on {self.heldout['path']})")
+            if stats.overlap:
+                out.append(f"  {'overlap':<22} {stats.overlap:>8,}   (in an earlier source, or 上联 in the val corpus)")
+            if stats is not self.val_corpus:
+                out.append(f"  -> {stats.train_pairs:,} train, {stats.val_pairs:,} val pairs")
         split = "from the val corpus" if self.val_corpus is not None else f"split off {self.val_fraction:g} (seed {self.seed})"
         out.append(f"dataset: {self.train_pairs:,} train pairs, {self.val_pairs:,} val pairs ({split}); seq_len {self.seq_len}")
-        if self.val_overlap:
-            out.append(f"  {self.val_overlap:,} training pairs dropped: their 上联 is in the val corpus")
+        lines = self.lines
+        if lines.get("backward") or lines.get("keywords"):
+            out.append(f"training lines: {lines['forward']:,} forward, {lines['backward']:,} backward, "
+                       f"{lines['keywords']:,} with keywords")
         v = self.vocab
         if v.get("kind") == "corpus":
             out.append(f"vocabulary: {v['size']:,} tokens from the training split; {v['dropped_chars']:,} characters "
@@ -488,23 +583,53 @@ class PrepareSummary:
 
 
 def prepare(config: PrepareConfig) -> PrepareSummary:
-    """Read, clean, de-duplicate and split the corpus, then write the dataset to config.out_dir."""
-    # 1) the training corpus, cleaned and de-duplicated
-    pairs, train_stats = clean_corpus(resolve_source(config.inputs, config.format), config.seq_len, config.processes,
-                                      config.vocab)
-    summary = PrepareSummary(train_stats, None, config.seq_len, config.val_fraction, config.seed)
+    """Read, clean, de-duplicate, filter and split every source, then write the dataset to config.out_dir."""
+    # 1) each source, cleaned and de-duplicated; held-out pairs dropped; a pair an earlier source holds dropped
+    sources = resolve_sources(config.inputs, config.format, config.licences)
+    heldout = None
+    summary = PrepareSummary([], None, config.seq_len, config.val_fraction, config.seed)
+    if config.heldout:
+        from .heldout import file_sha256, load_heldout
 
-    # 2) validation: a separate corpus (and no 上联 of it left in train), or a deterministic split
+        heldout = load_heldout(config.heldout)
+        summary.heldout = {"path": str(config.heldout), "sha256": file_sha256(config.heldout), "keys": len(heldout)}
+    per_source: list[list[tuple[str, str]]] = []
+    seen: set[tuple[str, str]] = set()
+    for src in sources:
+        pairs, stats = clean_corpus(src.source, config.seq_len, config.processes, config.vocab)
+        stats.name, stats.licence = src.name, src.licence
+        if heldout is not None:
+            kept = [p for p in pairs if not _held_out(p, heldout)]
+            stats.heldout, pairs = len(pairs) - len(kept), kept
+        fresh = [p for p in pairs if p not in seen]
+        stats.overlap, pairs = len(pairs) - len(fresh), fresh
+        seen.update(pairs)
+        summary.sources.append(stats)
+        per_source.append(pairs)
+
+    # 2) validation: a separate corpus (and no 上联 of it left in train), or a deterministic split of each source
+    splits: dict[str, list[tuple[str, str]]] = {}
+    train: list[tuple[str, str]] = []
+    val: list[tuple[str, str]] = []
     if config.val is not None:
         val, summary.val_corpus = clean_corpus(resolve_source(config.val, config.format), config.seq_len,
                                                config.processes, config.vocab)
-        val_uppers = {u for u, _ in val}
-        train = [p for p in pairs if p[0] not in val_uppers]
-        summary.val_overlap = len(pairs) - len(train)
         if not val:
             raise CorpusError(f"no validation pairs kept from {', '.join(config.val)}:\n{summary.format()}")
+        val_uppers = {u for u, _ in val}
+        for pairs, stats in zip(per_source, summary.sources):
+            kept = [p for p in pairs if p[0] not in val_uppers]
+            stats.overlap += len(pairs) - len(kept)
+            stats.train_pairs = len(kept)
+            train += kept
     else:
-        train, val = split_validation(pairs, config.val_fraction, config.seed)
+        for pairs, stats in zip(per_source, summary.sources):
+            part_train, part_val = split_validation(pairs, config.val_fraction, config.seed) if pairs else ([], [])
+            stats.train_pairs, stats.val_pairs = len(part_train), len(part_val)
+            train += part_train
+            val += part_val
+            if len(sources) > 1 and part_val:
+                splits[f"val.{stats.name}"] = part_val
     if not train:
         raise CorpusError(f"no training pairs left from {', '.join(config.inputs)}:\n{summary.format()}")
     summary.train_pairs, summary.val_pairs = len(train), len(val)
@@ -524,9 +649,26 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
         tokenizer = default_tokenizer()
         summary.vocab = {"kind": "bert", "size": len(tokenizer)}
 
-    # 4) the token arrays and vocab.txt; the summary goes into meta.json (it holds no timings, so the bytes do
+    # 4) the training lines: every pair forward (the seed's lines), and backward and with keywords if asked.
+    #    Validation stays forward: its loss means the same whatever the mixture.
+    lines = list(train)
+    backward = [(MARKER_CHARS[REVERSE] + l, u) for u, l in train] if config.directions == "both" else []
+    from .keywords import keyword_lines  # jieba is loaded only when keyword lines are asked for
+
+    keyworded, kw_stats = keyword_lines(train, config.keywords, config.seed) if config.keywords else ([], {})
+    keyworded = [(h, l) for h, l in keyworded if len(h) + len(l) + 3 <= config.seq_len]
+    summary.lines = {"forward": len(lines), "backward": len(backward), "keywords": len(keyworded),
+                     "keyword_stats": kw_stats}
+    lines += backward + keyworded
+
+    # 5) the token arrays and vocab.txt; the summary goes into meta.json (it holds no timings, so the bytes do
     #    not depend on the machine or on `processes`)
-    write_dataset(config.out_dir, {"train": train, "val": val}, tokenizer, config.seq_len, info=summary.to_dict(),
-                  unknown_as_unk=config.vocab == "corpus")
+    write_dataset(config.out_dir, {"train": lines, "val": val, **splits}, tokenizer, config.seq_len,
+                  info=summary.to_dict(), unknown_as_unk=config.vocab == "corpus")
     return summary
 
+
+def _held_out(pair: tuple[str, str], keys: frozenset[str]) -> bool:
+    from .heldout import heldout_key
+
+    return heldout_key(pair[0]) in keys or heldout_key(pair[1]) in keys

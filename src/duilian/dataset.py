@@ -2,9 +2,12 @@
 
 A dataset directory holds, for each split (train, val):
 
-    {split}.tokens.npy   uint16 [n_tokens]   every training line, concatenated: [CLS] 上联 - 下联 [SEP]
+    {split}.tokens.npy   uint16 [n_tokens]   every training line, concatenated: [CLS] 上联 - 下联 [SEP], or a
+                                             backward or keyword line (tokenizer.py) in the train split
     {split}.offsets.npy  int64  [n_pairs+1]  line i is tokens[offsets[i]:offsets[i+1]]
     vocab.txt            the vocabulary the ids index (the corpus's own or BERT's); the model is built with it
+
+Splits are `train`, `val` and, for a dataset of several sources, `val.NAME` per source (forward lines).
     meta.json            vocab size, seq_len, per-split counts and the prepare summary
 
 uint16 holds any vocabulary up to 65,535 tokens (BERT's has 21,128); a flat array plus offsets costs no padding on disk, and the
@@ -21,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .tokenizer import SEPARATOR, Tokenizer
+from .tokenizer import MARKER_CHARS, SEPARATOR, Tokenizer
 
 FORMAT_VERSION = 1
 
@@ -76,6 +79,9 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]],
         if len(tok) == 1:
             table[ord(tok)] = i
     table[1], table[2] = tokenizer.cls_id, tokenizer.sep_id
+    for marker, ch in MARKER_CHARS.items():  # backward and keyword lines (tokenizer.encode_head)
+        if tokenizer.marker_id(marker) is not None:
+            table[ord(ch)] = tokenizer.marker_id(marker)
     text = "".join(f"\x01{u}{SEPARATOR}{l}\x02" for u, l in pairs)
     tokens = table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
     if (tokens == missing).any() or (tokens == tokenizer.cls_id).sum() != len(pairs):
@@ -260,6 +266,7 @@ def collate(
     pad_id: int = 0,
     unk_id: int | None = None,
     hidden: list[np.ndarray] | None = None,
+    marker_ids: tuple[int, ...] = (),
 ) -> Batch:
     """Build the micro-batch of lines `indices`.
 
@@ -271,6 +278,8 @@ def collate(
     `hidden[j]` (see hide_upper): positions of line j shown as `unk_id`. Every target equal to `unk_id`
     (hidden, or a rare character the vocabulary left out) carries no loss: the model learns to read [UNK],
     never to write it (the decoder could not use it anyway).
+    `marker_ids` ([REV], [KW]): everything up to a line's last marker is prompt, given by the user at decoding
+    time (the keywords, the marker itself), so it carries no loss.
     """
     rows: list[np.ndarray] = []
     masks: list[np.ndarray] = []  # True where the *target* is an inserted token
@@ -279,6 +288,10 @@ def collate(
         if hidden is not None and len(hidden[j]):
             line[hidden[j]] = unk_id  # split[i] is a fresh array: the dataset is not touched
         inserted = np.zeros(len(line) + 2, dtype=bool)
+        if marker_ids:
+            marks = np.flatnonzero(np.isin(line, marker_ids))
+            if len(marks):
+                inserted[1 : marks[-1] + 1] = True  # the keywords and markers: given, never predicted
         if v5_form is not None and v5_form[j] and (pad_to is None or len(line) + 2 <= pad_to):
             dash = int(np.flatnonzero(line == separator_id)[0])  # the first '-' ends the 上联
             line = np.concatenate([[cls_id], line[: dash + 1], [sep_id], line[dash + 1 :]])

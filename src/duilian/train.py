@@ -451,7 +451,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
     # 1) data
     train_split = TokenizedSplit.open(cfg.data, "train")
-    val_split = TokenizedSplit.open(cfg.data, "val") if (Path(cfg.data) / "val.offsets.npy").exists() else None
+    # "val" (every source) and, for a dataset of several sources, "val.NAME" per source: all forward lines
+    val_splits = {name: TokenizedSplit.open(cfg.data, name) for name in _val_split_names(cfg.data)}
     lengths = train_split.lengths
     if lengths.max() > cfg.seq_len:
         raise ValueError(f"dataset has lines of {lengths.max()} tokens, longer than --seq-len {cfg.seq_len}")
@@ -463,6 +464,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     pad_to = cfg.seq_len if cfg.pad == "fixed" else None
 
     hideable = np.array([len(t) == 1 and is_han(t) for t in tok.tokens])  # [V]: what unk_frac may hide
+    markers = tuple(m for m in (tok.reverse_id, tok.keyword_id) if m is not None)
+    # bool [n_lines]: the seed's own lines, [CLS]上联-下联[SEP] (not backward, no keywords)
+    forward = ~np.isin(np.asarray(train_split.tokens[train_split.offsets[:-1] + 1]), markers)
 
     def make_batch(split: TokenizedSplit, indices: np.ndarray, v5_form: np.ndarray | None, epoch: int | None = None):
         # Pads are filled with [SEP], not [PAD]: right of a line they are never attended to nor scored,
@@ -471,7 +475,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         hidden = hide_upper(split, indices, cfg.seed, epoch, cfg.unk_frac, hideable, tok.separator_id) \
             if cfg.unk_frac and epoch is not None else None
         b = collate(split, indices, pad_to, cfg.pad_multiple, v5_form,
-                    tok.cls_id, tok.sep_id, tok.separator_id, pad_id=tok.sep_id, unk_id=tok.unk_id, hidden=hidden)
+                    tok.cls_id, tok.sep_id, tok.separator_id, pad_id=tok.sep_id, unk_id=tok.unk_id, hidden=hidden,
+                    marker_ids=markers)
         keep = np.flatnonzero(b.targets.reshape(-1) != IGNORE_INDEX)
         # pinned host memory makes the copies asynchronous: the CPU builds the next batch meanwhile
         to = (lambda a: torch.from_numpy(a).pin_memory().to(d.device, non_blocking=True)) if cuda \
@@ -532,28 +537,34 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
 
     @torch.no_grad()
     def evaluate() -> dict:
-        """Mean loss per real token over the first world × eval_batches × batch_size val lines."""
-        if val_split is None or cfg.eval_batches == 0:
+        """Mean loss per real token over the first world × eval_batches × batch_size lines of each val split:
+        val_loss / val_ppl for "val", val_loss.NAME for each source's own split."""
+        if not val_splits or cfg.eval_batches == 0:
             return {}
         model.eval()
-        n = min(len(val_split), d.world_size * cfg.eval_batches * cfg.batch_size)
-        mine = np.array_split(np.arange(n), d.world_size)[d.rank]
-        total = count = 0.0
-        for start in range(0, len(mine), cfg.batch_size):
-            b, x, y, keep = make_batch(val_split, mine[start : start + cfg.batch_size], None)
-            with autocast():
-                total += loss_module(x, y, keep).item()
-            count += b.n_targets
+        out = {}
+        for name, split in val_splits.items():
+            n = min(len(split), d.world_size * cfg.eval_batches * cfg.batch_size)
+            mine = np.array_split(np.arange(n), d.world_size)[d.rank]
+            total = count = 0.0
+            for start in range(0, len(mine), cfg.batch_size):
+                b, x, y, keep = make_batch(split, mine[start : start + cfg.batch_size], None)
+                with autocast():
+                    total += loss_module(x, y, keep).item()
+                count += b.n_targets
+            total, count = _all_reduce_sum([total, count], d)
+            out["val_loss" + name[3:]] = total / max(count, 1)
         model.train()
-        total, count = _all_reduce_sum([total, count], d)
-        val_loss = total / max(count, 1)
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+        if "val_loss" in out:
+            out["val_ppl"] = math.exp(min(out["val_loss"], 50))
+        return out
 
     def log_val(at: int) -> dict:
         v = evaluate()
         if v and d.master:
             metrics.log({"event": "val", "step": at, **v})
-            _print(d, f"step {at:>6} | val loss {v['val_loss']:.4f} | val ppl {v['val_ppl']:.2f}", bar)
+            parts = " | ".join(f"{k.replace('_', ' ')} {x:.4f}" for k, x in v.items() if k.startswith("val_loss"))
+            _print(d, f"step {at:>6} | {parts} | val ppl {v.get('val_ppl', math.nan):.2f}", bar)
         return v
 
     from tqdm.auto import tqdm
@@ -579,6 +590,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
         if epoch != v5_epoch:
             v5_epoch, v5_lines = epoch, v5_prompt_lines(cfg.seed, epoch, len(train_split), cfg.v5_prompt_frac)
             v5_lines &= lengths + 2 <= cfg.seq_len  # the two extra tokens must fit, whatever the padding
+            v5_lines &= forward  # the transformers 5 prompt is the seed's, never a backward or keyword one
         # Every rank knows the whole global batch, so the global count of real targets needs no
         # communication: a line of L tokens has L - 1 targets in either prompt form. ([UNK] targets, which
         # carry no loss, are ~0.2% of them at unk_frac 0.005; counting them anyway scales every step alike
@@ -687,6 +699,14 @@ def _print(d: Dist, msg: str, bar=None) -> None:
         bar.write(msg)
     else:
         print(msg, flush=True)
+
+
+def _val_split_names(data: str | Path) -> list[str]:
+    """The validation splits a dataset holds: "val" first, then "val.NAME" per source, in meta.json's order."""
+    from .dataset import read_meta
+
+    names = [n for n in read_meta(data).get("splits", {}) if n == "val" or n.startswith("val.")]
+    return [n for n in sorted(names, key=lambda n: n != "val") if (Path(data) / f"{n}.offsets.npy").exists()]
 
 
 def config_fields() -> list[str]:

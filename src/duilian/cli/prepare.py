@@ -10,8 +10,29 @@ def register(parser: argparse.ArgumentParser) -> None:
     # what to read
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT",
-        help="the corpus: a directory with in.txt and out.txt (plain, .xz or .gz), the two files, "
-        "or one file of 上联<TAB>下联 (tsv) or 上联-下联 (uer) lines",
+        help="the corpora, one source each, optionally named NAME=PATH: a directory with in.txt and out.txt "
+        "(plain, .xz or .gz) or one file of 上联<TAB>下联 (tsv) or 上联-下联 (uer) lines; two paths named in.* "
+        "and out.* are one source",
+    )
+    parser.add_argument(
+        "--licence", action="append", default=[], metavar="NAME=LICENCE",
+        help="a source's licence, for the summary and the model card (default: the 'licence' of a source.json "
+        "beside the source, else unknown); repeat per source",
+    )
+    parser.add_argument(
+        "--heldout", metavar="FILE", default=None,
+        help="a held-out list (one sha256 key a line, duilian.heldout): pairs whose 上联 or 下联 it lists are "
+        "dropped and counted per source, e.g. ../shared/data/heldout/lines.sha256 (default: none)",
+    )
+    parser.add_argument(
+        "--directions", choices=("forward", "both"), default="forward",
+        help="both: every training pair also backward, [CLS][REV]下联-上联[SEP], so the model can score "
+        "P(上联 | 下联) for reranking (default forward: the seed's lines only)",
+    )
+    parser.add_argument(
+        "--keywords", type=float, default=0.0, metavar="SHARE",
+        help="share of training pairs that also get a line with 1-3 keywords before the 上联 (jieba TF-IDF; "
+        "some related words instead), which `duilian compose` needs (default 0)",
     )
     parser.add_argument(
         "--format", default="auto", choices=["auto", "parallel", "tsv", "uer"],
@@ -51,6 +72,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _licences(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, licence = item.partition("=")
+        if not sep or not name or not licence:
+            raise SystemExit(f"duilian prepare: --licence takes NAME=LICENCE, not {item!r}")
+        out[name] = licence
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import lzma
 
@@ -61,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         config = PrepareConfig(
             inputs=args.inputs, out_dir=args.out, val=args.val, seq_len=args.seq_len,
             val_fraction=args.val_fraction, seed=args.seed, processes=args.processes, format=args.format,
-            vocab=args.vocab, min_count=args.min_count,
+            vocab=args.vocab, min_count=args.min_count, licences=_licences(args.licence), heldout=args.heldout,
+            directions=args.directions, keywords=args.keywords,
         )
         summary = prepare(config)
     # CorpusError and bad settings are ValueErrors; a missing file is an OSError, a broken .gz an

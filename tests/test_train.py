@@ -439,7 +439,8 @@ def test_init_from_matches_embedding_rows_by_token(init_dir, tmp_path):
 
     target = build_model("tiny", seed=3)
     got = init_from_model_dir(target, d, tokens)
-    assert got == {"matched": len(src_tokens), "new": len(tokens) - len(src_tokens)} and got["new"] > 2000
+    assert got == {"matched": len(src_tokens), "new": len(tokens) - len(src_tokens), "blocks": 2, "new_blocks": 0}
+    assert got["new"] > 2000
     new_wte = target.transformer.wte.weight.detach()
     known = torch.zeros(len(tokens), dtype=torch.bool)
     known[src_rows] = True

@@ -137,27 +137,43 @@ def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def init_from_model_dir(model: "GPT2LMHeadModel", model_dir: str | Path, tokens: list[str] | tuple[str, ...]) -> dict:
-    """Copy a HuggingFace GPT-2 directory's weights into `model` (same shape), matching the token
-    embedding's rows by token: `tokens` is `model`'s vocabulary, the directory's vocab.txt the source's.
+    """Copy a HuggingFace GPT-2 directory's weights into `model`, matching the token embedding's rows by
+    token: `tokens` is `model`'s vocabulary, the directory's vocab.txt the source's.
 
     A token the source lacks gets the mean of the source's rows rather than a random one: the mean is
     close to every row, so the new token starts with an ordinary score instead of shifting the output
     distribution (Hewitt, "Initializing new word embeddings", 2021). Positions beyond the source's keep
-    their fresh initialisation. Returns counts: tokens matched and tokens new.
+    their fresh initialisation.
+
+    `model` may be deeper than the source (same width and heads): the source's blocks are copied in order and
+    a copy of a block is inserted after each equal group of them (`grown_layers`), its two output projections
+    (attention and MLP c_proj) set to zero, so each new block adds nothing to the residual stream at first and
+    the grown model computes exactly the source's function (LLaMA Pro's block expansion, Wu et al. 2024); the
+    copies then learn what the extra depth is for. Returns counts: tokens matched and new, blocks copied and new.
     """
     from .tokenizer import Tokenizer
 
     src = read_hf_weights(model_dir)
     src_tokens = Tokenizer.from_file(Path(model_dir) / "vocab.txt").index
     target = model.state_dict()
-    missing = [k for k in target if k not in src and k != "lm_head.weight"]  # the head is tied to wte
+    source_layers = 1 + max(int(k.split(".")[2]) for k in src if k.startswith("transformer.h."))
+    plan = grown_layers(source_layers, model.config.n_layer)  # target block -> (source block, new?)
+
+    def source_name(name: str) -> str:
+        if not name.startswith("transformer.h."):
+            return name
+        parts = name.split(".")
+        parts[2] = str(plan[int(parts[2])][0])
+        return ".".join(parts)
+
+    missing = [k for k in target if source_name(k) not in src and k != "lm_head.weight"]  # the head is tied to wte
     if missing:
         raise ValueError(f"{model_dir} lacks weights the model needs: {', '.join(missing[:4])}")
     with torch.no_grad():
         for name, t in target.items():
             if name == "lm_head.weight":
                 continue
-            s = src[name].to(t.dtype)
+            s = src[source_name(name)].to(t.dtype)
             if name == "transformer.wte.weight":
                 rows = torch.tensor([src_tokens.get(tok, -1) for tok in tokens])
                 found = rows >= 0
@@ -169,10 +185,28 @@ def init_from_model_dir(model: "GPT2LMHeadModel", model_dir: str | Path, tokens:
             elif s.shape != t.shape:
                 raise ValueError(f"{model_dir}: {name} has shape {tuple(s.shape)}, the model {tuple(t.shape)}: "
                                  f"choose the --preset of that model, or leave --preset out")
+            elif name.endswith(("c_proj.weight", "c_proj.bias")) and plan[int(name.split(".")[2])][1]:
+                t.zero_()  # a new block: its outputs start at zero
             else:
                 t.copy_(s)
     matched = int(found.sum())
-    return {"matched": matched, "new": len(tokens) - matched}
+    new_blocks = sum(new for _, new in plan)
+    return {"matched": matched, "new": len(tokens) - matched, "blocks": len(plan) - new_blocks, "new_blocks": new_blocks}
+
+
+def grown_layers(source: int, target: int) -> list[tuple[int, bool]]:
+    """Per block of a `target`-deep model grown from a `source`-deep one: (the source block it copies, whether it
+    is a new copy). The source's blocks keep their order; a copy of the last block of each of `target - source`
+    equal groups follows it: 4 -> 6 gives 0 1 1' 2 3 3'."""
+    if target < source:
+        raise ValueError(f"cannot initialise a {target}-layer model from a {source}-layer one")
+    plan: list[tuple[int, bool]] = []
+    extra = target - source
+    for i in range(source):
+        plan.append((i, False))
+        # after block i, as many copies as groups end here (groups of source/extra blocks)
+        plan += [(i, True)] * ((i + 1) * extra // source - i * extra // source)
+    return plan
 
 
 @dataclass

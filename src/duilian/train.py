@@ -167,13 +167,18 @@ class TrainConfig:
             raise ValueError("lr must be positive")
 
     def shape(self) -> Preset:
-        """The model's shape: the preset, or the `init_from` model's (which a preset given too must equal)."""
+        """The model's shape: the preset, or the `init_from` model's. A preset given with `init_from` must have that
+        model's width and heads; it may be deeper (model.init_from_model_dir grows the depth)."""
         if not self.init_from:
             return PRESETS[self.preset or "base"]
         shape = Preset.of_model_dir(self.init_from)
         if self.preset and PRESETS[self.preset] != shape:
-            raise ValueError(f"--preset {self.preset} is {PRESETS[self.preset]}, but --init-from {self.init_from} "
-                             f"is {shape}; leave --preset out to train that model's shape")
+            p = PRESETS[self.preset]
+            if (p.n_embd, p.n_head, p.n_positions) != (shape.n_embd, shape.n_head, shape.n_positions) \
+                    or p.n_layer < shape.n_layer:
+                raise ValueError(f"--preset {self.preset} is {p}, but --init-from {self.init_from} is {shape}; leave "
+                                 f"--preset out to train that model's shape, or choose one as wide and deeper")
+            return p
         return shape
 
 
@@ -487,7 +492,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     model = build_model(preset, cfg.dropout, seed=cfg.seed, tokenizer=tok)
     if cfg.init_from and not (cfg.resume and latest_checkpoint(run_dir)):
         got = init_from_model_dir(model, cfg.init_from, tok.tokens)
-        _print(d, f"weights from {cfg.init_from}: {got['matched']:,} tokens matched, {got['new']:,} new")
+        grown = f"; {got['new_blocks']} new blocks (zero output projections)" if got["new_blocks"] else ""
+        _print(d, f"weights from {cfg.init_from}: {got['matched']:,} tokens matched, {got['new']:,} new{grown}")
     model = model.to(d.device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]

@@ -386,3 +386,19 @@ def test_cli_model_flags_are_generate_s(monkeypatch):
     monkeypatch.setattr("duilian.evaluate.evaluate", stand_in)
     assert evaluate_cli.run(args) == 2
     assert seen["config"].quantize == "int8" and seen["config"].device == "cpu" and args.model is None
+
+
+def test_genericness_counts_lines_and_endings_that_answer_many_uppers():
+    from duilian.evaluate import GENERIC_TOP, genericness
+
+    varied = [f"{chr(0x4E00 + i)}{chr(0x5E00 + i)}{chr(0x6E00 + i)}" for i in range(300)]
+    g = genericness(varied)
+    assert g["top_share"] == pytest.approx(3 / 300) and g["distinct_lines"] == 1.0  # ceil(1% of 300) = 3 lines
+    generic = ["万马奔腾步步高"] * 30 + ["百鸟争鸣步步高"] * 30 + varied[:240]
+    g = genericness(generic)
+    assert g["top_share"] == pytest.approx((30 + 30 + 1) / 300)  # the 3 most frequent of 242 distinct lines
+    assert g["tail_share"] == pytest.approx(60 / 300 + 2 / 300)  # 步步高 ends 60 lines
+    assert g["common_tails"][0] == ["步步高", 60]
+    assert GENERIC_TOP == 0.01
+    with pytest.raises(ValueError):
+        genericness(["", ""])

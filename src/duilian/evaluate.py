@@ -47,6 +47,8 @@ DEFINITIONS = {
     "distinct": "distinct character n-grams across all 下联 / total character n-grams (within lines)",
     "candidates": "per 上联, over its first 5 candidates: distinct-2 among them (how much they vary); the mean",
     "throughput": "上联 decoded per second of wall time spent in Couplets.complete_batch",
+    "genericness": "share of the first candidates that are one of the 1% most frequent distinct first candidates "
+                   "(all different: ~1%); the same over their last 3 characters; the most repeated endings",
 }
 
 
@@ -141,6 +143,32 @@ def distinct(lines: list[str], n: int) -> float:
     """Distinct character n-grams across all lines / total n-grams (an n-gram never crosses lines); 0 if none."""
     grams = [line[i:i + n] for line in lines for i in range(len(line) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+GENERIC_TOP = 0.01
+"""Genericness counts the first candidates that are among this share of the most frequent distinct ones."""
+COMMON_TAILS = 10
+"""How many of the most repeated line endings (last 3 characters) a report lists, to read."""
+
+
+def genericness(lines: list[str]) -> dict:
+    """How often one line answers many 上联. `top_share`: the share of `lines` that are one of the most frequent
+    GENERIC_TOP of the distinct lines (ceil, at least one), so a set of lines that are all different scores about
+    GENERIC_TOP and one line repeated everywhere scores 1. `tail_share`: the same for the last three characters
+    (万象新, 步步高, 处处春 end many different lines). `common_tails`: the most repeated endings and their counts."""
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError("genericness of no lines")
+
+    def top(items: list[str]) -> tuple[float, list]:
+        counts = Counter(items).most_common()
+        k = max(1, math.ceil(GENERIC_TOP * len(counts)))
+        return sum(n for _, n in counts[:k]) / len(items), counts
+
+    top_share, _ = top(lines)
+    tail_share, tails = top([line[-3:] for line in lines])
+    return {"top_share": top_share, "tail_share": tail_share, "distinct_lines": len(set(lines)) / len(lines),
+            "common_tails": [[t, n] for t, n in tails[:COMMON_TAILS]]}
 
 
 FORM_KEYS = ("same_length", "punctuation_aligned", "repeats_mirrored", "no_copy")
@@ -271,6 +299,7 @@ def evaluate(model_dir: str | Path | None, test_dir: str | Path, config: EvalCon
             "duilian": form_metrics(ours, config.allow_upper_chars),
             "reference": form_metrics(pairs, config.allow_upper_chars),
         },
+        "genericness": {"duilian": genericness(hyps), "reference": genericness(refs)},
         "throughput": {
             "uppers_per_s": len(pairs) / decode_seconds if decode_seconds > 0 else None,
             "decode_seconds": decode_seconds,
@@ -362,12 +391,21 @@ def render_markdown(report: dict) -> str:
     cands = report["candidates"]
     lines.append(f"| candidates per 上联 | {cands['per_upper']:.2f} | — |")
     lines.append(f"| distinct-2 among a 上联's candidates (mean) | {_fmt(cands['distinct_2'], 'ratio')} | — |")
+    if "genericness" in report:
+        ours, theirs = report["genericness"]["duilian"], report["genericness"]["reference"]
+        lines.append(f"| first candidates among the 1% most frequent | {_fmt(ours['top_share'], 'pct')} | "
+                     f"{_fmt(theirs['top_share'], 'pct')} |")
+        lines.append(f"| endings (last 3) among the 1% most frequent | {_fmt(ours['tail_share'], 'pct')} | "
+                     f"{_fmt(theirs['tail_share'], 'pct')} |")
     speed = report["throughput"]["uppers_per_s"]
     lines.append(f"| decoding throughput (上联/s) | {_fmt(speed, 'num')} | — |")
     if report.get("no_candidate"):
         lines.append(f"| 上联 with no candidate | {report['no_candidate']} | — |")
     lines += ["", "Definitions:", ""]
     lines += [f"- {name}: {text}" for name, text in report["definitions"].items()]
+    if "genericness" in report:
+        tails = report["genericness"]["duilian"]["common_tails"]
+        lines += ["", "Most repeated endings of the first candidates: " + ", ".join(f"{t} × {n}" for t, n in tails)]
     lines += ["", "| 上联 | reference | duilian |", "|---|---|---|"]
     lines += [f"| {e['upper']} | {e['reference']} | {e['duilian']} |" for e in report["examples"]]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,171 @@
+"""A blind pairwise judge of 下联: which of two lines answers a 上联 better, as a reader would say.
+
+BLEU against one reference rewards the expected answer, not a good one; this asks a reader. Three steps:
+
+    # 1) lines: the first candidate of one or more models for a sample of 上联, beside the human 下联
+    python benchmarks/judge.py lines --test ../shared/data/couplet/test --n 100 --seed 1 \
+        --model new=runs/new-hf --model old=src/duilian/models/default --out runs/judge/modern.tsv
+
+    # 2) make: two systems of that file, each item in a seeded random order, for a judge who sees nothing else
+    python benchmarks/judge.py make runs/judge/modern.tsv --a new --b human --out runs/judge/modern-new-human
+    #    -> items.md (benchmarks/judge_instructions.md + the numbered items) and key.json (never shown)
+    #    A judge (a person, or a helper agent given only items.md) writes answers.jsonl, one JSON per item.
+
+    # 3) score: the table, from answers.jsonl and key.json
+    python benchmarks/judge.py score runs/judge/modern-new-human
+
+The judge's instructions are benchmarks/judge_instructions.md, fixed: every figure in the model card was made
+with that text. "As good or better" for system A counts the items where the judge preferred A or called
+them equal (better = 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+INSTRUCTIONS = Path(__file__).with_name("judge_instructions.md")
+
+
+def cmd_lines(args) -> None:
+    """Sample `n` pairs of a test split (seeded) and write 上联, human and each model's first candidate."""
+    from duilian import load
+    from duilian.evaluate import read_pairs
+
+    pairs, _ = read_pairs(args.test)
+    rng = random.Random(args.seed)
+    sample = sorted(rng.sample(range(len(pairs)), min(args.n, len(pairs))))
+    uppers = [pairs[i][0] for i in sample]
+    columns = {"upper": uppers, "human": [pairs[i][1] for i in sample]}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        c = load(path or None)
+        got = []
+        for start in range(0, len(uppers), 32):
+            chunk = uppers[start:start + 32]
+            got += [cands[0].text if cands else "" for cands in c.complete_batch(chunk, n=5, seed=args.seed)]
+        columns[name] = got
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = list(columns)
+    rows = ["\t".join(names)] + ["\t".join(columns[k][i] for k in names) for i in range(len(uppers))]
+    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {len(uppers)} 上联, columns {', '.join(names)}")
+
+
+def _read_tsv(path: str) -> tuple[list[str], list[list[str]]]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    return header, [line.split("\t") for line in lines[1:] if line.strip()]
+
+
+def cmd_make(args) -> None:
+    """items.md for the judge (the instructions, then each 上联 with the two 下联 in a seeded random order) and
+    key.json (which system is 1 and which is 2, per item). Items where the two lines are equal are left out
+    (counted in key.json): there is nothing to judge."""
+    header, rows = _read_tsv(args.lines)
+    a, b, up = header.index(args.a), header.index(args.b), header.index("upper")
+    rng = random.Random(args.seed)
+    items, key, same = [], [], 0
+    for row in rows:
+        if row[a] == row[b]:
+            same += 1
+            continue
+        first_is_a = rng.random() < 0.5
+        one, two = (row[a], row[b]) if first_is_a else (row[b], row[a])
+        items.append((row[up], one, two))
+        key.append({"upper": row[up], "1": args.a if first_is_a else args.b, "2": args.b if first_is_a else args.a,
+                    args.a: row[a], args.b: row[b]})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = [INSTRUCTIONS.read_text(encoding="utf-8").split("---", 1)[1].strip(), "", "## Items", ""]
+    for i, (u, one, two) in enumerate(items, start=1):
+        text += [f"{i}. 上联：{u}", f"   下联 1：{one}", f"   下联 2：{two}", ""]
+    (out / "items.md").write_text("\n".join(text), encoding="utf-8")
+    (out / "key.json").write_text(json.dumps({"a": args.a, "b": args.b, "identical": same, "items": key},
+                                             ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"wrote {out}/items.md ({len(items)} items; {same} identical pairs left out) and key.json")
+
+
+def read_answers(path: Path, n_items: int) -> dict[int, dict]:
+    """The judge's JSON lines by item id; anything else in the file (code fences, blank lines) is ignored."""
+    answers = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        a = json.loads(line)
+        if not 1 <= int(a["id"]) <= n_items or a["better"] not in (0, 1, 2) \
+                or not all(1 <= int(a[k]) <= 5 for k in ("score_1", "score_2")):
+            raise ValueError(f"{path}: a malformed answer: {line}")
+        answers[int(a["id"])] = a
+    return answers
+
+
+def tally(key: dict, answers: dict[int, dict]) -> dict:
+    """Per system: share preferred, share as good or better (preferred or equal), mean score; over the answered
+    items, plus the identical pairs (which count as equal for both)."""
+    a, b = key["a"], key["b"]
+    wins = {a: 0, b: 0}
+    ties = key["identical"]
+    scores = {a: [], b: []}
+    for i, item in enumerate(key["items"], start=1):
+        ans = answers.get(i)
+        if ans is None:
+            continue
+        for slot in ("1", "2"):
+            scores[item[slot]].append(int(ans["score_" + slot]))
+        if ans["better"] == 0:
+            ties += 1
+        else:
+            wins[item[str(ans["better"])]] += 1
+    n = wins[a] + wins[b] + ties
+    return {"items": n, "answered": len(answers), "identical": key["identical"],
+            **{name: {"preferred": wins[name] / n, "as_good_or_better": (wins[name] + ties) / n,
+                      "mean_score": sum(scores[name]) / max(len(scores[name]), 1)} for name in (a, b)}}
+
+
+def cmd_score(args) -> None:
+    d = Path(args.dir)
+    key = json.loads((d / "key.json").read_text(encoding="utf-8"))
+    answers = read_answers(d / args.answers, len(key["items"]))
+    t = tally(key, answers)
+    (d / "score.json").write_text(json.dumps(t, indent=1), encoding="utf-8")
+    a, b = key["a"], key["b"]
+    print(f"{t['answered']} of {len(key['items'])} items answered; {key['identical']} identical pairs count as equal")
+    print(f"| {a} as good or better than {b} | {a} preferred | mean score, {a} | mean score, {b} |")
+    print("|---|---|---|---|")
+    print(f"| {t[a]['as_good_or_better']:.0%} | {t[a]['preferred']:.0%} | {t[a]['mean_score']:.2f} | "
+          f"{t[b]['mean_score']:.2f} |")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("lines", help="first candidates of models beside the human 下联")
+    p.add_argument("--test", required=True, help="a test split in any layout duilian reads")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a model (DIR empty: default)")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_lines)
+    p = sub.add_parser("make", help="a blind item file for two systems of a lines file")
+    p.add_argument("lines")
+    p.add_argument("--a", required=True, help="the system whose share is reported (a column name)")
+    p.add_argument("--b", required=True, help="the system it is compared with, e.g. human")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_make)
+    p = sub.add_parser("score", help="the table from the judge's answers")
+    p.add_argument("dir")
+    p.add_argument("--answers", default="answers.jsonl")
+    p.set_defaults(run=cmd_score)
+    args = ap.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

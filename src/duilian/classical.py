@@ -26,14 +26,14 @@ Nothing depends on the clock, the machine or dict order: two runs on the same ch
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import subprocess
-from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .heldout import file_sha256, heldout_key, load_heldout
 from .rules import LEVEL, OBLIQUE, repeat_pattern
@@ -315,7 +315,7 @@ def regulation(lines: list[str]) -> float | None:
         if i + 2 < len(lines):  # 粘
             rule(lower[1], tones[i + 2][1], same=True)
     for line in tones:
-        for a, b in zip(positions, positions[1:]):
+        for a, b in itertools.pairwise(positions):
             rule(line[a], line[b], same=False)
     return kept / counted if counted >= MIN_TONE_CHECKS else None
 
@@ -492,7 +492,7 @@ def read_test_uppers(path: str | Path) -> frozenset[str]:
 def unit_hash(unit: str, seed: int) -> float:
     """A number in [0, 1) fixed by the poem and the seed: the split depends on nothing else, so a poem stays
     on its side when other poems are added or removed."""
-    digest = hashlib.sha256(f"{seed}\t{unit}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\t{unit}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -718,5 +718,4 @@ def write_outputs(out_dir: str | Path, train: list[Pair], dev: list[Pair], summa
 
 def _write_lines(path: Path, lines: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
+        f.writelines(line + "\n" for line in lines)

@@ -267,7 +267,8 @@ def test_build_pairs_and_counts(checkout, heldout, test_split, tmp_path):
     assert s["song"]["pairs_extracted"] == 4 and s["song"]["kept"] == 2
     assert {k: v for k, v in s["song"]["dropped"].items() if v} == {FILTER_DUPLICATE: 2}
     g = s["shenglvqimeng"]
-    assert g["poems_read"] == 2 and g["single_char_pairs_skipped"] == 2 and g["unparsed"] == []
+    assert g["poems_read"] == 2 and g["poems_used"] == {"paragraph": 2}
+    assert g["single_char_pairs_skipped"] == 2 and g["unparsed"] == []
     assert g["pairs_by_form"] == {FORM_CLAUSE: 3, FORM_DUI: 6, FORM_LONG: 3}
     assert {k: v for k, v in g["dropped"].items() if v} == {FILTER_COPY: 1, FILTER_REPEATS: 1}
     assert g["kept"] == g["train"] == 10 and g["dev"] == 0

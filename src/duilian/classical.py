@@ -442,9 +442,15 @@ class Pair:
 
 
 def simplify(candidate: Candidate) -> Pair:
-    """The candidate in simplified script, line by line: a line is what the model reads on its own."""
-    return Pair(to_simplified(candidate.upper), to_simplified(candidate.lower), candidate.source, candidate.unit,
-                candidate.form, candidate.upper, candidate.lower)
+    """The candidate in simplified script, line by line: a line is what the model reads on its own.
+
+    to_simplified keeps every line's length (a phrase rule that would change it falls back to one character
+    at a time), so the form checks below see the book's own positions; that is checked, not assumed.
+    """
+    upper, lower = to_simplified(candidate.upper), to_simplified(candidate.lower)
+    if len(upper) != len(candidate.upper) or len(lower) != len(candidate.lower):
+        raise AssertionError(f"to_simplified changed a line's length: {candidate.upper} / {candidate.lower}")
+    return Pair(upper, lower, candidate.source, candidate.unit, candidate.form, candidate.upper, candidate.lower)
 
 
 @dataclass
@@ -526,7 +532,7 @@ class SourceStats:
     poems_read: int = 0
     poems_skipped: dict[str, int] = field(default_factory=dict)
     poems_used: dict[str, int] = field(default_factory=dict)
-    """Poems (声律启蒙: paragraphs) that gave pairs, by form."""
+    """Poems that gave pairs, by form (声律启蒙: paragraphs that gave pairs)."""
     single_char_pairs: int = 0
     """声律启蒙's one-character X對Y pairs (雲對雨), skipped."""
     unparsed: list[str] = field(default_factory=list)
@@ -592,8 +598,9 @@ def candidates(poetry: str | Path, stats: dict[str, SourceStats],
             pairs, singles, unparsed = shenglvqimeng_pairs(paragraph)
             st.single_char_pairs += singles
             st.unparsed.extend(unparsed)
+            if pairs:
+                _count(st.poems_used, "paragraph")
             for upper, lower, form in pairs:
-                _count(st.poems_used, form)
                 yield Candidate(upper, lower, SHENGLV.key, unit, form)
 
 

@@ -13,7 +13,8 @@ written in simplified (duilian.script.to_simplified, which keeps the length char
 The stages, each a pure function, in the order `build` runs them:
 
     1) read      read_poems / read_shenglvqimeng: the records, files in numeric order
-    2) clauses   poem_lines: a poem's lines, split on ，。；？！, or the reason it is skipped
+    2) clauses   poem_lines: a poem's lines, split on ，。；？！, or the reason it is skipped, 古体 among them
+                 (regulation: the share of 近体 tone rules kept, by the 平水韵)
     3) pairs     poem_pairs (by form: 律诗, 排律) and shenglvqimeng_pairs: candidate (上联, 下联)
     4) filters   Filter.check: the first of FILTERS a pair fails (length, copy, 重字, held out, duplicate,
                  in the public test split), or None to keep it
@@ -95,7 +96,8 @@ MIN_TONE_CHECKS = 10
 
 # --- 4) filters, in the order they run; a pair is counted under the first it fails ------------------
 FILTER_LENGTH = "length"  # the lines differ in length (or their marks are at other places)
-FILTER_COPY = "copy"  # 上联 == 下联, or one character at the same position in both
+FILTER_COPY = "copy"  # 上联 == 下联, or one character at the same position in both (the decoder forbids it,
+#                       so real pairs go too: 17 of 声律启蒙's long pairs hold 之 or 于 at one place in both)
 FILTER_REPEATS = "repeats"  # 重字 not mirrored: repeat patterns differ (萧萧 / 滚滚 is mirrored)
 FILTER_HELDOUT = "heldout"  # the 上联 or the 下联 is on the shared held-out list
 FILTER_DUPLICATE = "duplicate"  # the same (上联, 下联) kept before, in this book or an earlier one

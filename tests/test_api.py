@@ -374,3 +374,42 @@ def test_a_level_token_stays_level_in_a_traditional_answer(c):
 def test_unknown_characters_are_named_as_typed(c):
     line = c.read("可憐鉛槧竟何功")  # 全唐诗; 槧 is simplified 椠, and neither is in the vocabulary
     assert line.unknown and set(line.unknown) <= set(line.text)
+
+
+@pytest.fixture(scope="module")
+def two_way(tmp_path_factory):
+    """A tiny model whose config says it read lines backward too (as an export of such a run says)."""
+    path = tmp_path_factory.mktemp("two-way")
+    m = build_model("tiny", dropout=0.0, seed=4)
+    m.config.duilian = {"lines": {"forward": 10, "backward": 10, "keywords": 0}, "reverse_weight": 0.7}
+    m.save_pretrained(path)
+    return path
+
+
+def test_noisy_channel_ranks_by_the_reverse_log_prob(two_way, c):
+    """score = the decoder's score + λ × mean log P(上联, [SEP] | [CLS][REV]下联-), read by transformers' own model;
+    candidates best first; λ comes from config.json unless the caller sets it, and is 0 for a forward-only model."""
+    from duilian.model import load_model
+
+    two = duilian.load(two_way)
+    assert two.reverse_weight(api.Options()) == 0.7 and two.reverse_weight(api.Options(reverse_weight=0.2)) == 0.2
+    assert c.reverse_weight(api.Options(reverse_weight=1.0)) == 0.0  # never read backward: no reranking
+    reference, tok = load_model(two_way), two.tokenizer
+    upper = "丹枫江冷人初去"
+    cands = two.complete(upper, n=5, seed=1)
+    assert len(cands) == 5 and [x.score for x in cands] == sorted((x.score for x in cands), reverse=True)
+    for x in cands:
+        ids = [tok.cls_id, tok.reverse_id, *tok.encode_chars(x.text), tok.separator_id, *tok.encode_chars(upper),
+               tok.sep_id]
+        with torch.no_grad():
+            logp = torch.log_softmax(reference(torch.tensor([ids])).logits[0], -1)
+        start = len(x.text) + 3
+        expected = sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids))) / (len(ids) - start)
+        assert x.reverse == pytest.approx(expected, rel=1e-4)
+        assert x.score == pytest.approx(x.logprob + decode.RULE_WEIGHT * x.rule_score + 0.7 * x.reverse, rel=1e-5)
+        assert x.checks.valid
+    plain = two.complete(upper, n=5, seed=1, reverse_weight=0)
+    assert all(x.reverse is None for x in plain) and all(x.reverse is None for x in c.complete(upper, n=2))
+    assert len(two.complete(upper, n=2, seed=1)) == 2  # the pool (5 beams + samples) is cut back to n
+    with pytest.raises(ValueError, match="reverse_weight"):
+        two.complete(upper, reverse_weight=-1)

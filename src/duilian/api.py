@@ -11,7 +11,7 @@ decode.py does the rest without ever seeing text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +30,11 @@ ACROSTIC_LOWERS = 3
 HENGPI_OFFERED = 3
 """横批 offered with a couplet by the CLI (--hengpi) and the web page."""
 MAX_HENGPI = 10
+DEFAULT_REVERSE_WEIGHT = 0.5
+"""λ for a model trained on backward lines whose config.json names none (chosen on the validation splits: see the
+default model's card)."""
+MAX_REVERSE_WEIGHT = 5.0
+"""Largest noisy-channel weight accepted: beyond a few the ranking ignores the forward model altogether."""
 
 _TONE_CODE = {None: decode.TONE_NONE, LEVEL: decode.TONE_LEVEL, OBLIQUE: decode.TONE_OBLIQUE}
 
@@ -53,11 +58,15 @@ class Candidate:
     """Characters of the 上联 the model does not know: it read them as [UNK] (form and tones still use them)."""
     hengpi: tuple[Hengpi, ...] = ()
     """横批 for this couplet, best first (Options.hengpi of them; none unless asked)."""
+    reverse: float | None = None
+    """Mean per-token log-prob of the 上联 given this 下联, log P(上联 | 下联), read by the same model backward; None
+    when the candidates were not reranked (a model trained forward only, or reverse_weight=0). `score` then
+    includes reverse_weight × this."""
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown),
-                **_hengpi_dict(self.hengpi)}
+                "reverse": self.reverse, "valid": self.checks.valid, "checks": self.checks.to_dict(),
+                "unknown": list(self.unknown), **_hengpi_dict(self.hengpi)}
 
 
 @dataclass
@@ -105,12 +114,18 @@ class Options:
     """The answer's script: auto (the 上联's), simplified or traditional (script.SCRIPTS)."""
     hengpi: int = 0
     """横批 suggested with each couplet, best first (0: none; HENGPI_OFFERED is what the page and CLI show)."""
+    reverse_weight: float | None = None
+    """λ of the noisy-channel ranking, score + λ · log P(上联 | 下联) (per token): a 下联 from which the 上联 can be
+    recovered answers it; a generic one does not. None: the model's own default (config.json "duilian"), 0 for a
+    model that never read lines backward; 0: off."""
 
     def __post_init__(self):
         if self.script not in SCRIPTS:
             raise ValueError(f"script must be one of {', '.join(SCRIPTS)}, not {self.script!r}")
         if not isinstance(self.hengpi, int) or not 0 <= self.hengpi <= MAX_HENGPI:
             raise ValueError(f"hengpi is a count from 0 to {MAX_HENGPI}, not {self.hengpi!r}")
+        if self.reverse_weight is not None and not 0 <= self.reverse_weight <= MAX_REVERSE_WEIGHT:
+            raise ValueError(f"reverse_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.reverse_weight}")
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
@@ -229,8 +244,43 @@ class Couplets:
         specs = [self.lower_spec(line, opts) for line in lines]
         for spec, s in zip(specs, seeds):
             spec.seed = s
-        hyps = decode.decode(self.net, self.vocab, specs, opts.search())
-        return [[self._candidate(line, h, opts) for h in hs] for line, hs in zip(lines, hyps)]
+        search, weight = opts.search(), self.reverse_weight(opts)
+        if weight and search.method == "sample" and search.first == "beam" and not search.greedy:
+            search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
+        hyps = decode.decode(self.net, self.vocab, specs, search)
+        reverse = self._reverse(lines, hyps) if weight else [[None] * len(hs) for hs in hyps]
+        out = []
+        for line, hs, rs in zip(lines, hyps, reverse):
+            cands = [self._candidate(line, h, opts, r, weight) for h, r in zip(hs, rs)]
+            out.append(sorted(cands, key=lambda c: -c.score)[:n] if weight else cands)
+        return out
+
+    def reverse_weight(self, opts: "Options") -> float:
+        """The noisy-channel λ these options ask for: theirs, else the model's default; 0 for a model that never
+        read a line backward (its log P(上联 | 下联) would mean nothing)."""
+        info = self.weights.config.get("duilian") or {}
+        if not (info.get("lines") or {}).get("backward") or self.tokenizer.reverse_id is None:
+            return 0.0
+        return float(info.get("reverse_weight", DEFAULT_REVERSE_WEIGHT) if opts.reverse_weight is None
+                     else opts.reverse_weight)
+
+    def _reverse(self, lines: list[Line], hyps: list[list[decode.Hypothesis]]) -> list[list[float]]:
+        """Per hypothesis, mean log P(上联 tokens, [SEP] | [CLS] [REV] 下联 -): how well the 下联 predicts its 上联."""
+        tok = self.tokenizer
+        seqs, starts = [], []
+        for line, hs in zip(lines, hyps):
+            upper = self._ids(line.model_text) + [tok.sep_id]
+            for h in hs:
+                prompt = [tok.cls_id, tok.reverse_id, *h.tokens, tok.separator_id]
+                seqs.append(prompt + upper)
+                starts.append(len(prompt))
+        logps = self._teacher_forced(seqs, starts, self.net)
+        flat = [float(lp[torch.tensor(s[st:]) != tok.unk_id].mean()) for lp, s, st in zip(logps, seqs, starts)]
+        out, i = [], 0
+        for hs in hyps:
+            out.append(flat[i:i + len(hs)])
+            i += len(hs)
+        return out
 
     def lower_spec(self, upper: Line | str, opts: Options, first: str | None = None) -> decode.LineSpec:
         """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
@@ -264,12 +314,15 @@ class Couplets:
             seed=opts.seed,
         )
 
-    def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options) -> Candidate:
+    def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options, reverse: float | None = None,
+                   weight: float = 0.0) -> Candidate:
         lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens
         text = to_traditional(lower) if line.script == "traditional" else lower
-        return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score,
+        score = h.score + weight * reverse if reverse is not None else h.score
+        return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score,
                          checks=check_pair(line.shown, text, allow_upper_chars=opts.allow_upper_chars),
-                         unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script))
+                         unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script),
+                         reverse=reverse)
 
     # --- 横批 -------------------------------------------------------------------------------------------------
     def hengpi(self, upper: str, lower: str, k: int = HENGPI_OFFERED) -> list[Hengpi]:
@@ -359,20 +412,25 @@ class Couplets:
             raise CoupletInputError(f"a couplet is longer than the model's {self.n_positions} positions")
         if self._scorer is None:
             self._scorer = decode.LeanGPT2(self.weights, self.vocab)
-        scores = []
+        unk = self.tokenizer.unk_id
+        return [lp[torch.tensor(s[st:]) != unk].sum().item()
+                for lp, s, st in zip(self._teacher_forced(seqs, starts, self._scorer), seqs, starts)]
+
+    def _teacher_forced(self, seqs: list[list[int]], starts: list[int], net) -> list[torch.Tensor]:
+        """Per sequence, the log-probs [len - start] of its tokens from `start` on, each given those before it
+        (the model's own distribution, no masks), in batches of 64 right-padded rows."""
+        out = []
         with torch.inference_mode():
             for i in range(0, len(seqs), 64):
                 batch, first = seqs[i:i + 64], starts[i:i + 64]
                 T = max(len(s) for s in batch)
                 # Right padding: causal attention never lets a real token see the padding after it.
                 ids = torch.tensor([s + [self.tokenizer.pad_id] * (T - len(s)) for s in batch], device=self.device)
-                logits = self._scorer.full_logits(ids).float()  # (B, T, V)
-                logp = torch.log_softmax(logits, dim=-1)
+                logp = torch.log_softmax(net.full_logits(ids).float(), dim=-1)  # (B, T, V)
                 for b, (s, st) in enumerate(zip(batch, first)):
                     target = torch.tensor(s[st:], device=self.device)
-                    token_logp = logp[b, st - 1:len(s) - 1].gather(1, target[:, None])[:, 0]
-                    scores.append(token_logp[target != self.tokenizer.unk_id].sum().item())
-        return scores
+                    out.append(logp[b, st - 1:len(s) - 1].gather(1, target[:, None])[:, 0].cpu())
+        return out
 
     def known_tokens(self, lower: str) -> int:
         """How many tokens `score` scores for this 下联: its characters in the vocabulary, and [SEP]."""

@@ -162,6 +162,10 @@ class Search:
     samples that differ from it, best first: the first candidate is the most likely line the search can find,
     the others vary)."""
 
+    leads: int = 1
+    """With first="beam": how many of the beam search's lines lead (best first) before the samples. More than one
+    gives a reranker (api's noisy channel) the beam's alternatives as well; up to LEAD_BEAM + n - 1 come back."""
+
     @property
     def greedy(self) -> bool:
         return self.method == "sample" and self.temperature < GREEDY_BELOW
@@ -179,6 +183,8 @@ class Search:
             raise ValueError(f"top_k must be >= 0 (0 = off), not {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if not 1 <= self.leads <= LEAD_BEAM:
+            raise ValueError(f"leads must be between 1 and {LEAD_BEAM}, not {self.leads}")
 
 
 @dataclass
@@ -689,14 +695,16 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
 
 
 def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
-    """Search(first="beam"): per line, the best line of a LEAD_BEAM-wide beam search, then up to n - 1 samples
-    that differ from it, best first (n are drawn, so one equal to the lead still leaves n - 1)."""
+    """Search(first="beam"): per line, the best `search.leads` lines of a LEAD_BEAM-wide beam search, then up to
+    n - 1 samples that differ from them, best first (n - 1 are kept after dropping repeats of the leads)."""
     leads = decode(net, vocab, specs, Search(method="beam", n=LEAD_BEAM))
     samples = decode(net, vocab, specs, replace(search, first="sample")) if search.n > 1 else [[] for _ in specs]
     out = []
     for lead, rest in zip(leads, samples):
-        head = lead[:1]
-        out.append(head + [h for h in rest if not head or h.tokens != head[0].tokens][:search.n - len(head)])
+        head = lead[:search.leads]
+        seen = {tuple(h.tokens) for h in head}
+        tail = [h for h in rest if tuple(h.tokens) not in seen]
+        out.append(head + tail[:search.n - 1 if search.leads > 1 else search.n - len(head)])
     return out
 
 

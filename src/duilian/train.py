@@ -292,9 +292,20 @@ def _model_meta(cfg: TrainConfig) -> dict:
         "preset": asdict(cfg.shape()),
         "dropout": cfg.dropout,
         "tokens": list(read_tokenizer(cfg.data).tokens),  # the vocabulary travels with the weights
+        "lines": _dataset_lines(cfg.data),  # which kinds of line the model learned (export: config.json "duilian")
         "config": asdict(cfg),
         "versions": {"torch": str(torch.__version__), "transformers": str(_transformers_version())},
     }
+
+
+def _dataset_lines(data: str | Path) -> dict:
+    """Training lines by kind (forward, backward, keywords) of a dataset; datasets written before the kinds
+    existed hold forward lines only."""
+    from .dataset import read_meta
+
+    info = read_meta(data).get("info", {})
+    lines = info.get("lines") or {"forward": info.get("train_pairs", 0), "backward": 0, "keywords": 0}
+    return {k: int(lines.get(k, 0)) for k in ("forward", "backward", "keywords")}
 
 
 def _transformers_version() -> str:
@@ -382,6 +393,8 @@ def model_from_checkpoint(path: str | Path | dict, device: str | torch.device = 
     ckpt = path if isinstance(path, dict) else load_checkpoint(path)
     model = build_model(Preset(**ckpt["preset"]), dropout=ckpt["dropout"], tokenizer=checkpoint_tokenizer(ckpt))
     model.load_state_dict(ckpt["model"])
+    if "lines" in ckpt:  # saved into config.json by export: what decoding may ask of the model (api.Couplets)
+        model.config.duilian = {"lines": ckpt["lines"]}
     return model.to(device).eval()
 
 

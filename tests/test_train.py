@@ -548,6 +548,13 @@ def test_every_source_s_validation_split_is_scored_and_markers_never_take_the_v5
     assert min(got["val_loss.a"], got["val_loss.b"]) <= got["val_loss"] <= max(got["val_loss.a"], got["val_loss.b"])
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r.get("event") == "val" and "val_loss.b" in r] == [0, 2, 4]
+    # the export says which kinds of line the model read: the API reranks only for a model that read backward
+    hf = export_model(model_from_checkpoint(tmp_path / "run"), tmp_path / "hf", tokenizer=read_tokenizer(data))
+    lines = json.loads((hf / "config.json").read_text())["duilian"]["lines"]
+    assert lines["backward"] == lines["forward"] > 0 and lines["keywords"] > 0
+    import duilian
+
+    assert duilian.load(hf).reverse_weight(duilian.api.Options()) > 0
 
     # The loop's own batches: record each line's v5 choice and its second token.
     tok = read_tokenizer(data)

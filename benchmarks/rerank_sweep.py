@@ -28,12 +28,14 @@ def main() -> None:
     ap.add_argument("--split", action="append", required=True, metavar="NAME=PATH")
     ap.add_argument("--limit", type=int, default=1000)
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0, 0.25, 0.5, 1.0, 1.5, 2.0])
+    ap.add_argument("--pos-weights", type=float, nargs="+", default=[0.0],
+                    help="weights μ of the part-of-speech parallelism (duilian.pos) added to the ranking")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from duilian import load
+    from duilian import load, pos
     from duilian.evaluate import bleu, distinct, genericness, read_pairs
 
     c = load(args.model)
@@ -52,11 +54,13 @@ def main() -> None:
 
         plain, t_plain = run(0.0)
         pool, t_pool = run(1.0)  # score = base + 1.0 * reverse: base is recovered below
-        base = [[(cand.text, cand.score - cand.reverse, cand.reverse) for cand in cands] for cands in pool]
+        par = (lambda u, t: pos.parallelism(u, t) or 0.0) if any(args.pos_weights) else (lambda u, t: 0.0)
+        base = [[(cand.text, cand.score - cand.reverse, cand.reverse, par(u, cand.text)) for cand in cands]
+                for u, cands in zip(uppers, pool)]
         rows = {}
-        for lam in args.lambdas:
-            firsts = [max(cands, key=lambda x: x[1] + lam * x[2])[0] if cands else "" for cands in base]
-            rows[lam] = {"bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)}, "distinct_2": distinct(firsts, 2),
+        for lam, mu in [(lam, mu) for mu in args.pos_weights for lam in args.lambdas]:
+            firsts = [max(cands, key=lambda x: x[1] + lam * x[2] + mu * x[3])[0] if cands else "" for cands in base]
+            rows[(lam, mu)] = {"bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)}, "distinct_2": distinct(firsts, 2),
                          "generic_top_share": genericness(firsts)["top_share"],
                          "generic_tail_share": genericness(firsts)["tail_share"],
                          "changed": sum(f != (p[0].text if p else "") for f, p in zip(firsts, plain)) / len(firsts)}
@@ -65,17 +69,17 @@ def main() -> None:
                          "plain": {"bleu": {n: bleu(plain_firsts, refs, n) for n in (1, 2, 4)},
                                    "distinct_2": distinct(plain_firsts, 2),
                                    "generic_top_share": genericness(plain_firsts)["top_share"]},
-                         "lambdas": rows}
+                         "rankings": [{"lambda": lam, "pos_weight": mu, **r} for (lam, mu), r in rows.items()]}
         print(f"\n{name}: {len(pairs)} pairs; default decoding {t_plain:.0f} s, reranked pool {t_pool:.0f} s "
               f"({t_pool / t_plain:.2f}x)")
-        print("| λ | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | firsts among the 1% most frequent | "
+        print("| λ | μ (POS) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | firsts among the 1% most frequent | "
               "endings among the 1% most frequent | first changed |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         p = results[name]["plain"]
-        print(f"| no rerank | {p['bleu'][1]:.2f} | {p['bleu'][2]:.2f} | {p['bleu'][4]:.2f} | {p['distinct_2']:.3f} | "
+        print(f"| no rerank | | {p['bleu'][1]:.2f} | {p['bleu'][2]:.2f} | {p['bleu'][4]:.2f} | {p['distinct_2']:.3f} | "
               f"{p['generic_top_share']:.1%} | | |")
-        for lam, r in rows.items():
-            print(f"| {lam:g} | {r['bleu'][1]:.2f} | {r['bleu'][2]:.2f} | {r['bleu'][4]:.2f} | {r['distinct_2']:.3f} | "
+        for (lam, mu), r in rows.items():
+            print(f"| {lam:g} | {mu:g} | {r['bleu'][1]:.2f} | {r['bleu'][2]:.2f} | {r['bleu'][4]:.2f} | {r['distinct_2']:.3f} | "
                   f"{r['generic_top_share']:.1%} | {r['generic_tail_share']:.1%} | {r['changed']:.0%} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")

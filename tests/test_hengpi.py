@@ -228,3 +228,17 @@ def test_embeddings_are_used_and_results_stay_valid(monkeypatch, pool_set):
 
 def test_packaged_data_is_small():
     assert hengpi.DATA.stat().st_size < 5_000_000
+
+
+@pytest.mark.parametrize("upper, lower, copied", [
+    ("春回大地千山秀", "福满人间万户欢", "春回大地"),
+    ("一帆风顺年年好", "万马奔腾步步高", "万马奔腾"),
+    ("一帆风顺年年好", "万马奔腾步步高", "一帆风顺"),
+])
+def test_a_banner_never_repeats_a_run_of_its_own_couplet(upper, lower, copied):
+    from duilian.hengpi import load_pool
+
+    assert copied in set(load_pool().texts.tolist())  # it is in the pool, so only the rule keeps it out
+    got = [h.text for h in hengpi.suggest(upper, lower, k=10)]
+    assert len(got) == 10 and copied not in got
+    assert all(sorted(h) != sorted(copied) for h in got)  # nor its characters in another order

@@ -37,6 +37,9 @@ disaster, crime, vulgarity, grief), and none of BLOCKED_PHRASES (innocent charac
 一丝不挂, 寿终正寝, 关门大吉). The blocklists were written from those categories and from unsuitable phrases
 seen in suggestions for all kinds of couplets, never from the development couplets' answers.
 
+A phrase that stands inside a clause of the couplet, in its order or another, is never suggested: 春回大地千山秀
+does not get 春回大地, nor 一帆风顺年年好 / 万马奔腾步步高 万马奔腾.
+
 The top of a ranking is kept varied: a phrase made of the same characters as a better one (桃红柳绿 after
 柳绿桃红) or sharing 3 characters in place with it (三羊开泰 after 三阳开泰) is skipped.
 
@@ -79,9 +82,6 @@ EMBEDDING_WEIGHT = 0.1
 """Weight of the optional model-embedding relevance (a mean of cosines, 0.1-0.4 for related phrases). With
 the CPU warm-start model (mini, 256 wide) it changes the development hit rate by nothing at 0.1-0.4 and
 lowers it at 0.8: its embeddings group characters that stand in the same place (春 near 秋), not by theme."""
-COPY_PENALTY = 0.1
-"""Taken off a phrase that stands verbatim in the couplet: a banner sums the couplet up; one that repeats
-four of its characters says nothing new (it can still rank, below fresh phrases of similar meaning)."""
 
 # --- what suits a door ---------------------------------------------------------------------------------
 AUSPICIOUS = "福禄寿喜吉祥瑞庆安康乐和顺兴旺泰春新财富贵美满欢丰昌盛荣华合圆"
@@ -243,7 +243,7 @@ def suggest(upper: str, lower: str, k: int = 3, embeddings: "torch.Tensor | None
     rows = pool.char_rows(text)
     couplet = _unit(pool.char_weights[rows] @ pool.char_vectors[rows])  # (d,)
     scores = pool.prior + pool.vectors @ couplet
-    scores[_copied(pool, upper, lower)] -= COPY_PENALTY
+    scores[_copied(pool, upper, lower)] = -np.inf  # a banner sums the couplet up: one that repeats it says nothing
     if embeddings is not None:
         scores = scores + EMBEDDING_WEIGHT * _embedding_relevance(pool, text, embeddings, tokens)
     return _best(pool, scores, k)

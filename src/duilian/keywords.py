@@ -20,7 +20,7 @@ its dictionary), never on the path of `duilian generate`.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -65,6 +65,8 @@ class Related:
     words: list[str]
     vectors: np.ndarray
     """(W, d) float32 unit rows."""
+    _near: dict = field(default_factory=dict, compare=False, repr=False)
+    """word -> its neighbours: a corpus asks for the same few thousand words again and again."""
 
     @classmethod
     def build(cls, counts: Counter, min_count: int = MIN_WORD_COUNT) -> "Related":
@@ -82,6 +84,11 @@ class Related:
 
     def neighbours(self, word: str, k: int = RELATED_NEIGHBOURS) -> list[str]:
         """Up to k words nearest `word`, sharing no character with it (a word holding 春 is not news)."""
+        if (word, k) not in self._near:
+            self._near[word, k] = self._neighbours(word, k)
+        return self._near[word, k]
+
+    def _neighbours(self, word: str, k: int) -> list[str]:
         if not self.words:
             return []
         from .hengpi import _unit, load_pool
@@ -90,9 +97,11 @@ class Related:
         if not v.any():
             return []
         sims = self.vectors @ v
-        order = np.argsort(-sims, kind="stable")
+        m = min(len(sims), 4 * k + 8)
+        top = np.argpartition(-sims, m - 1)[:m]
+        order = top[np.lexsort((top, -sims[top]))]  # best first, ties by position: the same list every time
         chars = set(word)
-        return [self.words[i] for i in order[: 4 * k + 8] if not chars & set(self.words[i])][:k]
+        return [self.words[i] for i in order if not chars & set(self.words[i])][:k]
 
 
 def choose(cands: list[str], couplet: str, related: Related | None, rng: np.random.Generator) -> list[str]:

@@ -655,7 +655,8 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     backward = [(MARKER_CHARS[REVERSE] + l, u) for u, l in train] if config.directions == "both" else []
     from .keywords import keyword_lines  # jieba is loaded only when keyword lines are asked for
 
-    keyworded, kw_stats = keyword_lines(train, config.keywords, config.seed) if config.keywords else ([], {})
+    keyworded, kw_stats = keyword_lines(train, config.keywords, config.seed, config.processes) \
+        if config.keywords else ([], {})
     keyworded = [(h, l) for h, l in keyworded if len(h) + len(l) + 3 <= config.seq_len]
     summary.lines = {"forward": len(lines), "backward": len(backward), "keywords": len(keyworded),
                      "keyword_stats": kw_stats}

@@ -131,6 +131,26 @@ def test_acrostic_bad_input(c, heads, length, reason):
         c.acrostic(heads, length=length)
 
 
+@pytest.mark.parametrize("heads, position, at", [("伟娜", 2, 1), ("伟娜", "4", 3), ("地天", 7, 6), ("月天", "last", 6)])
+def test_embedded_characters_stand_at_the_asked_place(c, heads, position, at):
+    """嵌字 at any place: the 上联 holds the first character there and nowhere else, the 下联 the second; every
+    line is valid, the 上联 ends 仄."""
+    couplets = c.acrostic(heads, length=7, n=3, position=position, seed=1)
+    assert couplets
+    for x in couplets:
+        assert x.upper[at] == heads[0] and x.lower[at] == heads[1] and x.upper.count(heads[0]) == 1
+        assert x.checks.valid and tone_of(x.upper[-1]) == "仄"
+
+
+@pytest.mark.parametrize("heads, position, reason", [
+    ("伟娜", "last", "娜 is oblique .仄.: it cannot end the 下联"), ("天月", "last", "天 is level .平.: it cannot end the 上联"),
+    ("伟娜", 8, "past the end of a 7-character line"), ("伟娜", 0, "past the end"), ("伟娜", "middle", "a number from 1"),
+])
+def test_a_place_that_cannot_hold_the_character_is_refused(c, heads, position, reason):
+    with pytest.raises(CoupletInputError, match=reason):
+        c.acrostic(heads, length=7, position=position)
+
+
 def test_score_is_the_model_log_prob(c, model_dir):
     """Scores come from the weights read without transformers; the reference is transformers' own model."""
     from duilian.model import load_model

@@ -19,6 +19,7 @@ import torch
 
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
+from .compose import ComposedCouplet
 from .hengpi import Hengpi
 from .script import SCRIPTS, answer_script, each_simplified, each_traditional, to_simplified, to_traditional
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
@@ -282,9 +283,9 @@ class Couplets:
             i += len(hs)
         return out
 
-    def lower_spec(self, upper: Line | str, opts: Options, first: str | None = None) -> decode.LineSpec:
+    def lower_spec(self, upper: Line | str, opts: Options, first: str | None = None, at: int = 0) -> decode.LineSpec:
         """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
-        forces the first character (藏头; simplified, in the vocabulary).
+        forces the character at position `at` (嵌字; simplified, in the vocabulary).
 
         The prompt is what the model reads (model_text, unknown characters as [UNK]); marks, 重字 and tones
         come from the 上联 in the answer's script, which the 下联 is checked against."""
@@ -296,7 +297,7 @@ class Couplets:
         punct = [is_punct(ch) for ch in shown]
         forced = [ids[i] if punct[i] else -1 for i in range(n)]
         if first is not None:
-            forced[0] = self._ids(first)[0]
+            forced[at] = self._ids(first)[0]
         last = max(i for i, ch in enumerate(shown) if is_han(ch))
         ends_oblique = tone_of(shown[last]) == OBLIQUE
         rhythm = set(rhythm_positions(shown))
@@ -343,9 +344,20 @@ class Couplets:
             found = [Hengpi(to_traditional(h.text), h.score) for h in found]
         return tuple(found)
 
-    def acrostic(self, heads: str, length: int = 7, n: int = 5, **options) -> list[AcrosticCouplet]:
-        """Up to n 藏头 couplets: a 上联 of `length` characters starting with heads[0] and ending 仄, written
-        by the model from [CLS]; then its 下联 starting with heads[1], under all the usual rules."""
+    def compose(self, words, length: int = 7, n: int = 5, occasion: str | None = None, year: int | None = None,
+                **options) -> list["ComposedCouplet"]:
+        """Up to n whole couplets about a few words (a theme, a name, an occasion's words, a year's animal), each
+        with 3 横批, best first (duilian.compose)."""
+        from .compose import compose
+
+        return compose(self, words, length=length, n=n, occasion=occasion, year=year, opts=Options(n=n, **options))
+
+    def acrostic(self, heads: str, length: int = 7, n: int = 5, position: int | str = 1,
+                 **options) -> list[AcrosticCouplet]:
+        """Up to n 嵌字 couplets: a 上联 of `length` characters holding heads[0] at `position` (1-based, or "last";
+        1 is 藏头, 鹤顶格) and ending 仄, written by the model from [CLS]; then its 下联 holding heads[1] at the same
+        place, under all the usual rules. A character that cannot stand where it is asked (a level 平 character
+        last in the 上联, an oblique 仄 one last in the 下联) is refused with the reason."""
         opts = Options(n=n, **options)
         heads = normalize(heads) if isinstance(heads, str) else heads
         if not isinstance(heads, str) or len(heads) != 2 or not all(is_han(ch) for ch in heads):
@@ -360,13 +372,16 @@ class Couplets:
         h0, h1 = self._ids(heads)
         if not isinstance(length, int) or not 2 <= length <= self.max_chars:
             raise CoupletInputError(f"the 藏头 couplet length must be between 2 and {self.max_chars}, not {length}")
-        # 1) The 上联s: free Han characters after the first head, no second head anywhere, ending 仄.
+        at = embed_position(position, length, heads)
+        # 1) The 上联s: free Han characters, the first head at its place and nowhere else, no second head
+        #    anywhere, ending 仄.
         upper_spec = decode.LineSpec(
             prompt=[self.tokenizer.cls_id],
             length=length,
-            forced=[h0] + [-1] * (length - 1),
+            forced=[h0 if i == at else -1 for i in range(length)],
             repeat_of=list(range(length)),
             distinct=False,
+            banned_at=[-1 if i == at else h0 for i in range(length)],
             banned=[h1],
             final_pos=length - 1,
             final_rule=decode.END_OBLIQUE,
@@ -378,7 +393,7 @@ class Couplets:
         # 2) One 下联 per 上联, the best of a few, starting with the second head.
         upper_texts = [self.tokenizer.decode(h.tokens) for h in uppers]
         lower_opts = Options(**{**opts.__dict__, "n": ACROSTIC_LOWERS})
-        specs = [self.lower_spec(u, lower_opts, first=heads[1]) for u in upper_texts]
+        specs = [self.lower_spec(u, lower_opts, first=heads[1], at=at) for u in upper_texts]
         lowers = decode.decode(self.net, self.vocab, specs, lower_opts.search())
         out = []
         for text, up, lows in zip(upper_texts, uppers, lowers):
@@ -436,6 +451,34 @@ class Couplets:
         """How many tokens `score` scores for this 下联: its characters in the vocabulary, and [SEP]."""
         text = to_simplified(normalize(lower))
         return 1 + sum(ch in self.tokenizer.index for ch in text)
+
+
+POSITIONS = {1: "鹤顶格 (藏头)", 2: "燕颔格", 3: "鸢肩格", 4: "蜂腰格", 5: "鹤膝格", 6: "凫胫格", "last": "雁足格"}
+"""The names of the places a 嵌字 couplet puts its characters (1-based; "last" is the end of the line)."""
+
+
+def embed_position(position: int | str, length: int, heads: str) -> int:
+    """The 0-based place of the 嵌字 characters, or CoupletInputError: a place past the line, or a character whose
+    tone the line's end forbids there (the 上联 ends 仄, the 下联 平)."""
+    if position == "last" or position == -1:
+        at = length - 1
+    elif isinstance(position, str) and position.isdigit():
+        at = int(position) - 1
+    elif isinstance(position, int) and not isinstance(position, bool):
+        at = position - 1
+    else:
+        raise CoupletInputError(f"the 嵌字 position is a number from 1 to the length, or 'last', not {position!r}")
+    if not 0 <= at < length:
+        raise CoupletInputError(f"the 嵌字 position {position} is past the end of a {length}-character line")
+    if at == length - 1:
+        names = {LEVEL: "level (平)", OBLIQUE: "oblique (仄)", None: "of no known tone"}
+        if tone_of(heads[0]) != OBLIQUE:
+            raise CoupletInputError(f"{heads[0]} is {names[tone_of(heads[0])]}: it cannot end the 上联, which ends on "
+                                    "an oblique tone (仄)")
+        if tone_of(heads[1]) != LEVEL:
+            raise CoupletInputError(f"{heads[1]} is {names[tone_of(heads[1])]}: it cannot end the 下联, which ends on "
+                                    "a level tone (平)")
+    return at
 
 
 @lru_cache(maxsize=4)

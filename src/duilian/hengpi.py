@@ -50,7 +50,7 @@ and a partial sort: a few milliseconds on one core. Deterministic: equal scores 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -72,6 +72,10 @@ SIF = 1e-4
 COMMONNESS = 0.08
 """Score per nat of log(1 + couplets containing the phrase); ~0.5 for the commonest, vs cosines of 0.2-0.8."""
 COMMONNESS_CAP = 300
+FAVOUR_BONUS = 0.3
+"""Added to an occasion's or a year's banner (compose): about the gap between a fitting phrase and a loose one."""
+FAVOUR_DECAY = 0.01
+"""Taken off per place down a favoured list, so its first (a year's own pun) leads its ties."""
 """Couplet counts above this add nothing more: 和谐社会 (724 couplets) should not win every couplet."""
 OMEN_FLOOR = -0.1
 """A phrase whose omen, or its gloomiest character's, is below this loses OMEN_PENALTY per unit below it."""
@@ -225,12 +229,14 @@ def load_pool(path: Path = DATA) -> Pool:
 
 
 def suggest(upper: str, lower: str, k: int = 3, embeddings: "torch.Tensor | None" = None,
-            tokens: "Sequence[str] | None" = None) -> list[Hengpi]:
+            tokens: "Sequence[str] | None" = None, favour: Sequence[str] = ()) -> list[Hengpi]:
     """The k best 横批 for the couplet (upper, lower), best first.
 
     Punctuation and anything else that is not a Han character is ignored. `embeddings` ([V, d], a model's
     input embeddings, e.g. `transformer.wte.weight`) and `tokens` (its V tokens, vocab.txt's lines) add the
-    model's notion of relevance; give both or neither. Raises ValueError if the couplet has no Han character.
+    model's notion of relevance; give both or neither. `favour`: banners of an occasion or a year (duilian.themes),
+    which get FAVOUR_BONUS, the first most (a year's own pun, 三羊开泰, leads its list); one the pool lacks joins it,
+    scored by its characters. Raises ValueError if the couplet has no Han character.
     """
     if k < 0:
         raise ValueError(f"k must be at least 0, not {k}")
@@ -246,7 +252,35 @@ def suggest(upper: str, lower: str, k: int = 3, embeddings: "torch.Tensor | None
     scores[_copied(pool, upper, lower)] = -np.inf  # a banner sums the couplet up: one that repeats it says nothing
     if embeddings is not None:
         scores = scores + EMBEDDING_WEIGHT * _embedding_relevance(pool, text, embeddings, tokens)
+    if favour:
+        pool, scores = _favoured(pool, scores, couplet, favour, _copied(pool, upper, lower))
     return _best(pool, scores, k)
+
+
+def _favoured(pool: Pool, scores: np.ndarray, couplet: np.ndarray, favour: Sequence[str],
+              copied: list[int]) -> tuple[Pool, np.ndarray]:
+    """The pool and scores with `favour` raised by FAVOUR_BONUS (less FAVOUR_DECAY per place down the list), and
+    any favoured phrase the pool lacks added, scored by its characters' vectors. A favoured phrase that repeats the
+    couplet stays out, as any other does."""
+    favour = [f for f in dict.fromkeys(favour) if len(f) == 4 and all(map(is_han, f)) and not blocked(f)]
+    bonus = {f: FAVOUR_BONUS - FAVOUR_DECAY * i for i, f in enumerate(favour)}
+    copied_texts = {pool.texts[r] for r in copied} | {"".join(sorted(pool.texts[r])) for r in copied}
+    scores = scores.copy()
+    rows = np.searchsorted(pool.texts, favour)
+    known = [(f, r) for f, r in zip(favour, rows) if r < len(pool.texts) and pool.texts[r] == f]
+    for f, r in known:
+        scores[r] += bonus[f]
+    missing = sorted(set(favour) - {f for f, _ in known} - copied_texts)
+    missing = [f for f in missing if "".join(sorted(f)) not in copied_texts]
+    if not missing:
+        return pool, scores
+    vectors = _unit(np.stack([pool.char_weights[pool.char_rows(f)] @ pool.char_vectors[pool.char_rows(f)]
+                              for f in missing]))
+    texts = np.concatenate([pool.texts, np.array(missing, dtype="U4")])
+    order = np.argsort(texts, kind="stable")  # _best looks phrases up by code point order
+    extra = np.array([float(v @ couplet) + bonus[f] for f, v in zip(missing, vectors)], np.float32)
+    merged = replace(pool, texts=texts[order])
+    return merged, np.concatenate([scores, extra])[order]
 
 
 def _copied(pool: Pool, upper: str, lower: str) -> list[int]:

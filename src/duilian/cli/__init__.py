@@ -15,7 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "write a training checkpoint as a HuggingFace model directory"),
     "convert": ("convert", "convert GPT-2 weights between UER-py and HuggingFace formats"),
     "generate": ("generate", "write 下联 for a 上联 (or a file of them)"),
-    "acrostic": ("acrostic", "write a 藏头 couplet from two characters"),
+    "acrostic": ("acrostic", "write a 嵌字 couplet holding two characters (藏头 by default)"),
+    "compose": ("compose", "write whole couplets with 横批 about a few words, an occasion or a year"),
     "evaluate": ("evaluate", "score a model on a test split: BLEU, perplexity and form"),
     "serve": ("serve", "run the HTTP API and web page"),
 }

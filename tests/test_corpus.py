@@ -243,6 +243,8 @@ def test_several_sources_are_named_filtered_and_split_each(tmp_path):
     assert meta["info"]["heldout"]["sha256"] == hashlib.sha256(held.read_bytes()).hexdigest()
     assert set(meta["splits"]) == {"train", "val", "val.modern", "val.train"}
     assert meta["splits"]["val"]["pairs"] == meta["splits"]["val.modern"]["pairs"] + meta["splits"]["val.train"]["pairs"]
+    val_text = (tmp_path / "d" / "val.train.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(val_text) == meta["splits"]["val.train"]["pairs"] and all(line.count("\t") == 1 for line in val_text)
     n = summary.train_pairs
     assert summary.lines["forward"] == summary.lines["backward"] == n and meta["splits"]["train"]["pairs"] == 2 * n
     tok, train = read_tokenizer(tmp_path / "d"), TokenizedSplit.open(tmp_path / "d", "train")

@@ -666,6 +666,9 @@ def prepare(config: PrepareConfig) -> PrepareSummary:
     #    not depend on the machine or on `processes`)
     write_dataset(config.out_dir, {"train": lines, "val": val, **splits}, tokenizer, config.seq_len,
                   info=summary.to_dict(), unknown_as_unk=config.vocab == "corpus")
+    # the validation pairs as text too: `duilian evaluate --test DATA/val.NAME.tsv` scores a model on them
+    for name, pairs in {"val": val, **splits}.items():
+        (Path(config.out_dir) / f"{name}.tsv").write_text("".join(f"{u}\t{l}\n" for u, l in pairs), encoding="utf-8")
     return summary
 
 

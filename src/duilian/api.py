@@ -20,7 +20,8 @@ import torch
 from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
 from .hengpi import Hengpi
-from .script import SCRIPTS, answer_script, each_simplified, each_traditional, to_simplified, to_traditional
+from .script import (SCRIPTS, answer_script, char_forms, each_simplified, each_traditional, to_simplified,
+                     to_simplified_apart, to_traditional)
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
 
@@ -149,14 +150,16 @@ class Line:
     """A 上联 as the user wrote it, as the model reads it, and the script to answer in (Couplets.read)."""
 
     text: str
-    """Normalised, in the user's script."""
+    """Normalised, in the user's script: what the 下联 is checked against (its 重字, and no copy in either
+    script)."""
     model_text: str
     """Simplified, regional variants unified: what the model reads (the corpus is simplified); a character
     whose simplified form the model lacks stays as typed if the model knows that."""
     script: str
     """"simplified" or "traditional": the script of the answer."""
     shown: str
-    """The 上联 in the answer's script: what the 下联 is checked against."""
+    """The 上联 in the answer's script, with the same 重字 as `text`: a character that simplifying would merge
+    with another of the line stays as typed (script.to_simplified_apart)."""
     unknown: tuple[str, ...]
     """Characters of the 上联, as typed, that the model does not know in either script: read as [UNK]."""
 
@@ -193,7 +196,7 @@ class Couplets:
         simplified = to_simplified(text)
         answer = answer_script(text, script)
         if answer == "simplified":
-            shown = simplified
+            shown = to_simplified_apart(text)
         else:  # a traditional answer stands beside the 上联 in traditional, as typed where it was typed so
             shown = text if simplified != text else to_traditional(text)
         # Per character, the simplified form if the model knows it, else the form typed if it knows that (a BERT
@@ -236,20 +239,26 @@ class Couplets:
         """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
         forces the first character (藏头; simplified, in the vocabulary).
 
-        The prompt is what the model reads (model_text, unknown characters as [UNK]); marks, 重字 and tones
-        come from the 上联 in the answer's script, which the 下联 is checked against."""
+        The prompt is what the model reads (model_text, unknown characters as [UNK]). 重字 and no-copy come from
+        the 上联 as the user sent it (`text`): simplifying merges characters (雲 and 云 are both 云), and a 下联
+        that repeated where the simplified reading repeats would break the rules for the line that was sent.
+        Every token that is a 上联 character in either script is banned (script.char_forms). Tones come from the
+        上联 in the answer's script; its final rule applies when either script's last character is 仄."""
         line = upper if isinstance(upper, Line) else Line(upper, upper, "simplified", upper, ())
-        shown = line.shown
+        text, shown = line.text, line.shown
         ids = self._ids(line.model_text)
-        n = len(shown)
-        pattern = repeat_pattern(shown)
-        punct = [is_punct(ch) for ch in shown]
+        n = len(text)
+        pattern = repeat_pattern(text)
+        punct = [is_punct(ch) for ch in text]
         forced = [ids[i] if punct[i] else -1 for i in range(n)]
         if first is not None:
             forced[0] = self._ids(first)[0]
-        last = max(i for i, ch in enumerate(shown) if is_han(ch))
-        ends_oblique = tone_of(shown[last]) == OBLIQUE
+        last = max(i for i, ch in enumerate(text) if is_han(ch))
+        ends_oblique = OBLIQUE in (tone_of(text[last]), tone_of(shown[last]))
         rhythm = set(rhythm_positions(shown))
+        same = _same_character_ids(self.tokenizer)  # a character's forms -> the tokens that are it in some script
+        upper_ids = {ids[i] for i in range(n) if not punct[i]}
+        upper_ids.update(t for ch in text if is_han(ch) for form in char_forms(ch) for t in same.get(form, ()))
         return decode.LineSpec(
             prompt=[self.tokenizer.cls_id, *ids, self.tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
             length=n,
@@ -257,7 +266,7 @@ class Couplets:
             repeat_of=[i if punct[i] else pattern[i] for i in range(n)],
             distinct=True,
             banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
-            banned=[] if opts.allow_upper_chars else sorted({ids[i] for i in range(n) if not punct[i]}),
+            banned=[] if opts.allow_upper_chars else sorted(upper_ids),
             final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
             final_rule=decode.END_LEVEL if opts.require_level_ending and ends_oblique else decode.END_ANY,
             rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
@@ -267,8 +276,9 @@ class Couplets:
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options) -> Candidate:
         lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens
         text = to_traditional(lower) if line.script == "traditional" else lower
-        return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score,
-                         checks=check_pair(line.shown, text, allow_upper_chars=opts.allow_upper_chars),
+        # Checked against the 上联 the user sent, in both scripts: 云 beside 雲 is a copy.
+        checks = check_pair(line.text, text, allow_upper_chars=opts.allow_upper_chars, forms=char_forms)
+        return Candidate(text=text, score=h.score, logprob=h.logprob, rule_score=h.rule_score, checks=checks,
                          unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script))
 
     # --- 横批 -------------------------------------------------------------------------------------------------
@@ -336,7 +346,8 @@ class Couplets:
                 if script == "traditional":
                     text, lower = to_traditional(text), to_traditional(lower)
                 out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,
-                                           checks=check_pair(text, lower, opts.allow_upper_chars), hengpi=banners))
+                                           checks=check_pair(text, lower, opts.allow_upper_chars, char_forms),
+                                           hengpi=banners))
         return sorted(out, key=lambda c: -c.score)
 
     # --- scoring ----------------------------------------------------------------------------------------------
@@ -378,6 +389,21 @@ class Couplets:
         """How many tokens `score` scores for this 下联: its characters in the vocabulary, and [SEP]."""
         text = to_simplified(normalize(lower))
         return 1 + sum(ch in self.tokenizer.index for ch in text)
+
+
+@lru_cache(maxsize=4)
+def _same_character_ids(tokenizer: Tokenizer) -> dict[str, tuple[int, ...]]:
+    """Each form of the tokens the decoder may write (the simplified ones, see vocab_tables) -> those tokens'
+    ids: the tokens that are a given character in one script or the other (云 -> 云; 雲 -> 云; 餘 -> 余 and 馀).
+    The forms are script.char_forms', converted in one OpenCC call per script for the whole vocabulary."""
+    chars = [(i, tok) for i, tok in enumerate(tokenizer.tokens) if len(tok) == 1 and is_han(tok)]
+    same: dict[str, list[int]] = {}
+    for (i, tok), simple, trad in zip(chars, each_simplified([t for _, t in chars]),
+                                      each_traditional([t for _, t in chars])):
+        if simple == tok:  # written by the decoder: its forms are itself and its traditional form
+            for form in {tok, trad}:
+                same.setdefault(form, []).append(i)
+    return {form: tuple(ids) for form, ids in same.items()}
 
 
 @lru_cache(maxsize=4)

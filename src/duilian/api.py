@@ -11,9 +11,10 @@ decode.py does the rest without ever seeing text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -219,19 +220,26 @@ class Couplets:
         return self.complete_batch([upper], n, **options)[0]
 
     def complete_batch(self, uppers: list[str], n: int = 5, *, seed: int | None | list[int | None] = None,
+                       temperature: float | list[float] = Options.temperature, top_k: int | list[int] = Options.top_k,
+                       top_p: float | list[float] = Options.top_p, wanted: list[Callable[[], bool]] | None = None,
                        **options) -> list[list[Candidate]]:
-        """complete() for many 上联 in one decoding pass. `seed` is one seed for all, or a list with one per
-        上联 (None: unseeded); either way each 上联 gets what it would get alone with its seed."""
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(uppers)
-        if len(seeds) != len(uppers):
-            raise ValueError(f"{len(seeds)} seeds for {len(uppers)} 上联")
+        """complete() for many 上联 in one decoding pass. `seed`, `temperature`, `top_k` and `top_p` are each one
+        value for all, or a list with one per 上联 (seed None: unseeded); either way each 上联 gets what it would
+        get alone with its own. Temperatures must be all greedy (below decode.GREEDY_BELOW) or none: greedy
+        changes the search's shape. `wanted`: one callable per 上联, asked between decoding steps; a 上联 whose
+        callable returns False leaves the pass and gets [] (the server's requests whose clients have left)."""
+        seeds = _one_per_line(seed, len(uppers), "seeds")
         if any(s is not None and not isinstance(s, int) for s in seeds):
             raise ValueError("a seed is an int or None")
-        opts = Options(n=n, **options)
+        sampling = {"temperature": _one_per_line(temperature, len(uppers), "temperatures"),
+                    "top_k": _one_per_line(top_k, len(uppers), "top_k values"),
+                    "top_p": _one_per_line(top_p, len(uppers), "top_p values")}
+        wanted = _one_per_line(wanted, len(uppers), "wanted checks")
+        # The search takes the first line's options (each line's own reach the decoder in its spec).
+        opts = Options(n=n, **options, **{name: values[0] for name, values in sampling.items() if values})
         lines = [self.read(u, opts.script) for u in uppers]
-        specs = [self.lower_spec(line, opts) for line in lines]
-        for spec, s in zip(specs, seeds):
-            spec.seed = s
+        specs = [replace(self.lower_spec(line, opts), seed=s, temperature=t, top_k=k, top_p=p, wanted=w)
+                 for line, s, t, k, p, w in zip(lines, seeds, *sampling.values(), wanted)]
         hyps = decode.decode(self.net, self.vocab, specs, opts.search())
         return [[self._candidate(line, h, opts) for h in hs] for line, hs in zip(lines, hyps)]
 
@@ -300,9 +308,11 @@ class Couplets:
             found = [Hengpi(to_traditional(h.text), h.score) for h in found]
         return tuple(found)
 
-    def acrostic(self, heads: str, length: int = 7, n: int = 5, **options) -> list[AcrosticCouplet]:
+    def acrostic(self, heads: str, length: int = 7, n: int = 5, *, wanted: Callable[[], bool] | None = None,
+                 **options) -> list[AcrosticCouplet]:
         """Up to n 藏头 couplets: a 上联 of `length` characters starting with heads[0] and ending 仄, written
-        by the model from [CLS]; then its 下联 starting with heads[1], under all the usual rules."""
+        by the model from [CLS]; then its 下联 starting with heads[1], under all the usual rules. `wanted`, asked
+        between decoding steps: once it returns False, decoding stops and the answer is []."""
         opts = Options(n=n, **options)
         heads = normalize(heads) if isinstance(heads, str) else heads
         if not isinstance(heads, str) or len(heads) != 2 or not all(is_han(ch) for ch in heads):
@@ -328,6 +338,7 @@ class Couplets:
             final_pos=length - 1,
             final_rule=decode.END_OBLIQUE,
             seed=opts.seed,
+            wanted=wanted,
         )
         uppers = decode.decode(self.net, self.vocab, [upper_spec], opts.search())[0]
         if not uppers:
@@ -335,8 +346,10 @@ class Couplets:
         # 2) One 下联 per 上联, the best of a few, starting with the second head.
         upper_texts = [self.tokenizer.decode(h.tokens) for h in uppers]
         lower_opts = Options(**{**opts.__dict__, "n": ACROSTIC_LOWERS})
-        specs = [self.lower_spec(u, lower_opts, first=heads[1]) for u in upper_texts]
+        specs = [replace(self.lower_spec(u, lower_opts, first=heads[1]), wanted=wanted) for u in upper_texts]
         lowers = decode.decode(self.net, self.vocab, specs, lower_opts.search())
+        if wanted is not None and not wanted():
+            return []
         out = []
         for text, up, lows in zip(upper_texts, uppers, lowers):
             if lows:
@@ -389,6 +402,14 @@ class Couplets:
         """How many tokens `score` scores for this 下联: its characters in the vocabulary, and [SEP]."""
         text = to_simplified(normalize(lower))
         return 1 + sum(ch in self.tokenizer.index for ch in text)
+
+
+def _one_per_line(value, count: int, what: str) -> list:
+    """An option given once for all lines, or as a list with one value per line -> one value per line."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count:
+        raise ValueError(f"{len(values)} {what} for {count} 上联")
+    return values
 
 
 @lru_cache(maxsize=4)

@@ -35,6 +35,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,11 +126,22 @@ class LineSpec:
     """Per position: the 上联's tone at rhythm positions (TONE_*), TONE_NONE elsewhere; for the rule score."""
     seed: int | None = None
     """Seeds this line's own generator; None draws from torch's global generator."""
+    temperature: float | None = None
+    """This line's sampling temperature; None: the Search's. Lines with different temperatures, top_k and top_p
+    share a batch (each row samples with its own), but not greedy and sampled lines: see `decode`."""
+    top_k: int | None = None
+    """This line's top-k; None: the Search's."""
+    top_p: float | None = None
+    """This line's top-p; None: the Search's."""
+    wanted: Callable[[], bool] | None = None
+    """Whether the line is still wanted, asked before each decoding step; once it says False the line's rows
+    leave the batch and the line gets no candidates (a server's request whose client has left). None: always."""
 
     def __post_init__(self):
         n = self.length
         if n < 1:
             raise ValueError("a line has at least one position")
+        _check_sampling(self.temperature, self.top_k, self.top_p)
         self.banned_at = self.banned_at if self.banned_at is not None else [-1] * n
         self.rhythm = self.rhythm if self.rhythm is not None else [TONE_NONE] * n
         for name in ("forced", "repeat_of", "banned_at", "rhythm"):
@@ -171,14 +183,53 @@ class Search:
             raise ValueError(f"method must be 'sample' or 'beam', not {self.method!r}")
         if not 1 <= self.n <= 64:
             raise ValueError(f"n must be between 1 and 64, not {self.n}")
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails both comparisons
-            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, not {self.temperature}")
         if self.first not in FIRSTS:
             raise ValueError(f"first must be one of {', '.join(FIRSTS)}, not {self.first!r}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), not {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        _check_sampling(self.temperature, self.top_k, self.top_p)
+
+
+def _check_sampling(temperature: float | None, top_k: int | None, top_p: float | None) -> None:
+    """ValueError for a sampling option out of range (None: not given)."""
+    if temperature is not None and not 0 <= temperature <= MAX_TEMPERATURE:  # NaN fails both comparisons
+        raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, not {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+
+
+@dataclass
+class Sampling:
+    """The sampling options of each row (R rows): lines with different options share a batch, and each row
+    samples exactly as it would alone."""
+
+    temperature: torch.Tensor
+    """[R] float32."""
+    top_k: torch.Tensor
+    """[R] long; 0 = all."""
+    top_p: torch.Tensor
+    """[R] float32; 1 = all."""
+
+    @classmethod
+    def of(cls, specs: list["LineSpec"], search: "Search", device=None) -> "Sampling":
+        """One row per spec: its own options where it has them, else the search's."""
+        def own(name: str) -> list:
+            return [getattr(search, name) if getattr(s, name) is None else getattr(s, name) for s in specs]
+
+        return cls(temperature=torch.tensor(own("temperature"), dtype=torch.float32, device=device),
+                   top_k=torch.tensor(own("top_k"), dtype=torch.long, device=device),
+                   top_p=torch.tensor(own("top_p"), dtype=torch.float32, device=device))
+
+    @classmethod
+    def uniform(cls, search: "Search", rows: int, device=None) -> "Sampling":
+        """`rows` rows with the search's own options."""
+        full = lambda value, dtype: torch.full((rows,), value, dtype=dtype, device=device)  # noqa: E731
+        return cls(full(search.temperature, torch.float32), full(search.top_k, torch.long),
+                   full(search.top_p, torch.float32))
+
+    def take(self, index: torch.Tensor) -> "Sampling":
+        """The options of rows `index` (a line's options for each of its rows, or the live rows')."""
+        return Sampling(self.temperature[index], self.top_k[index], self.top_p[index])
 
 
 @dataclass
@@ -627,24 +678,35 @@ def rule_scores(rules: Rules, vocab: Vocab, rows: torch.Tensor, out: torch.Tenso
 
 
 # --- search -----------------------------------------------------------------------------------------------------
-def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
+def pick(logits: torch.Tensor, u: torch.Tensor, search: Search, rows: Sampling | None = None) -> torch.Tensor:
     """Sample one token per row from masked log-probs [R, V'] (log_softmax output, -inf = not allowed) with
-    uniforms u [R] in [0, 1).
+    uniforms u [R] in [0, 1), each row with its own temperature, top-k and top-p (`rows`; None: the search's).
 
-    Inverse-CDF sampling: one draw per row keeps seeded rows independent of the rest of the batch.
+    Inverse-CDF sampling: one draw per row keeps seeded rows independent of the rest of the batch. Every step
+    below works row by row, with each row's own options, so a row samples what it would sample alone.
     """
     if search.greedy:
         return logits.argmax(dim=1)
+    if rows is None:
+        rows = Sampling.uniform(search, logits.shape[0], logits.device)
     # The decoder passes log-probs, so at temperature 1 exp() is already the distribution.
-    probs = logits.exp() if search.temperature == 1 else torch.softmax(logits / search.temperature, dim=1)
-    if search.top_k:
-        kth = probs.topk(min(search.top_k, probs.shape[1]), dim=1).values[:, -1:]
+    probs = logits.exp()
+    other = (rows.temperature != 1).nonzero()[:, 0]
+    if other.numel():
+        probs[other] = torch.softmax(logits[other] / rows.temperature[other, None], dim=1)
+    K = int(rows.top_k.max())
+    if K:  # each row keeps its k likeliest tokens (ties included); k = 0 keeps all
+        top = probs.topk(min(K, probs.shape[1]), dim=1).values  # (R, K) descending
+        k = rows.top_k.clamp(max=top.shape[1])
+        kth = torch.where(k > 0, top.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0], 0.0)[:, None]
         probs = torch.where(probs >= kth, probs, 0.0)
-    if search.top_p < 1:
-        sorted_p, order = probs.sort(dim=1, descending=True)
+    nucleus = (rows.top_p < 1).nonzero()[:, 0]
+    if nucleus.numel():
+        sorted_p, order = probs[nucleus].sort(dim=1, descending=True)
         before = sorted_p.cumsum(1) - sorted_p  # mass of the more likely tokens
-        sorted_p = torch.where(before < search.top_p * sorted_p.sum(1, keepdim=True), sorted_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+        mass = rows.top_p[nucleus, None] * sorted_p.sum(1, keepdim=True)
+        sorted_p = torch.where(before < mass, sorted_p, 0.0)
+        probs[nucleus] = torch.zeros_like(sorted_p).scatter_(1, order, sorted_p)
     cdf = probs.cumsum(dim=1)
     x = (u.to(cdf) * cdf[:, -1])[:, None]
     token = torch.searchsorted(cdf, x, right=True)[:, 0].clamp(max=probs.shape[1] - 1)
@@ -656,17 +718,26 @@ def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
 def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
     """Write candidates for each spec -> per spec, up to search.n distinct hypotheses, best first.
 
-    net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length).
+    net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length). Lines may
+    sample with options of their own (LineSpec.temperature, top_k, top_p), but greedy and sampled lines change
+    the search's shape (one row per line, no lead beam), so a line's temperature must be greedy exactly when
+    the search's is. A line no longer `wanted` is left out, or leaves its pass at the next step; it gets [].
     """
+    if search.method == "sample":
+        for s in specs:
+            if s.temperature is not None and (s.temperature < GREEDY_BELOW) != search.greedy:
+                raise ValueError(f"a line's temperature {s.temperature} and the search's {search.temperature} are "
+                                 f"not both greedy (below {GREEDY_BELOW:g}) or both sampled: decode them apart")
     if search.method == "sample" and search.first == "beam" and not search.greedy:
         return _beam_then_samples(net, vocab, specs, search)
     results: list[list[Hypothesis]] = [[] for _ in specs]
     rows_per_line = 1 if search.greedy else search.n
     chunks: list[list[int]] = []
+    kept = [i for i, s in enumerate(specs) if _wanted(s)]  # a line withdrawn already is never decoded
     # Sampling drops a line's rows once it is written, so one pass costs no more than the lines' own steps:
     # all lengths go together. Beams keep every row to the end, so lines far apart in length are split.
-    spans = [sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))] \
-        if search.method == "sample" else length_spans(specs, rows_per_line)
+    spans = [sorted(kept, key=lambda i: (specs[i].length, len(specs[i].prompt)))] if search.method == "sample" \
+        else [[kept[j] for j in span] for span in length_spans([specs[i] for i in kept], rows_per_line)]
     for span in spans:
         # Each batch is bounded by rows x positions (MAX_BATCH_POSITIONS).
         width = 0  # prompt + line positions of the current chunk
@@ -682,10 +753,25 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
     run = _beam if search.method == "beam" else _sample
     with torch.inference_mode():
         for chunk in chunks:
-            chunk = sorted(chunk, key=lambda i: len(specs[i].prompt))  # equal prompt lengths together
+            # equal prompt lengths together; lines withdrawn while earlier chunks ran are left out
+            chunk = sorted((i for i in chunk if _wanted(specs[i])), key=lambda i: len(specs[i].prompt))
+            if not chunk:
+                continue
             for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device)):
-                results[i] = hyps
+                results[i] = hyps if _wanted(specs[i]) else []
     return results
+
+
+def _wanted(spec: LineSpec) -> bool:
+    return spec.wanted is None or bool(spec.wanted())
+
+
+def _withdrawn(specs: list[LineSpec]) -> Callable[[], list[int]] | None:
+    """A check for _write: the lines (indices into specs) no longer wanted; None when no line can be withdrawn."""
+    asks = [(b, s.wanted) for b, s in enumerate(specs) if s.wanted is not None]
+    if not asks:
+        return None
+    return lambda: [b for b, wanted in asks if not wanted()]
 
 
 def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
@@ -725,28 +811,45 @@ def length_spans(specs: list[LineSpec], rows_per_line: int) -> list[list[int]]:
 
 
 def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose,
-           drop_finished: bool = False):
+           drop_finished: bool = False, withdrawn: Callable[[], list[int]] | None = None):
     """The decoding loop shared by sampling and beam search.
 
     choose(t, logp [R_t, V'], live [R_t]) -> (parent or None, token [R_t]) for the live rows (global indices
-    `live`); parent reorders the rows (beams) first. drop_finished (sampling): a row leaves the batch once its
-    line is written, so shorter lines cost nothing after their end. Otherwise a shorter line's rows write
-    fillers to the end. Returns out [R, L], the tokens written (sub-vocabulary indices).
+    `live`); parent (local indices into the live rows) reorders them (beams) first. drop_finished (sampling): a
+    row leaves the batch once its line is written, so shorter lines cost nothing after their end. Otherwise a
+    shorter line's rows write fillers to the end. withdrawn() -> the lines (indices into `rules`) no longer
+    wanted: asked before each step, their rows leave the batch (what they wrote is left unfinished), and the
+    pass ends with the longest line left. Returns out [R, L], the tokens written (sub-vocabulary indices).
     """
     R = rows.numel()
     out = torch.zeros(R, length, dtype=torch.long, device=rows.device)
     live = torch.arange(R, device=rows.device)  # rows still in the batch
     row_len = rules.lengths[rows]
+    end = length  # the longest line still in the batch
     for t in range(length):
+        gone = withdrawn() if withdrawn is not None else None
+        if gone:
+            keep = ~torch.isin(rows[live], torch.tensor(gone, device=rows.device))
+            if not bool(keep.all()):
+                keep = keep.nonzero()[:, 0]
+                state, live, logits = state.select(keep), live[keep], logits[keep]
+                if not live.numel():
+                    break
+                end = int(row_len[live].max())
+        if t >= end:  # the lines left are written (beams' fillers past a line's end are cut off anyway)
+            break
         whole = live.numel() == R
         allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, out if whole else out[live])
         logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R_t, V')
         parent, token = choose(t, logp, live)
-        if parent is not None:  # beams: every row stays live
-            out = out[parent]
+        if parent is not None:  # beams: the rows of each line are reordered among themselves
+            if whole:
+                out = out[parent]
+            else:
+                out[live] = out[live[parent]]
             state = state.select(parent)
         out[live, t] = token
-        if t + 1 < length:
+        if t + 1 < end:
             if drop_finished:
                 keep = row_len[live] > t + 1
                 if not bool(keep.all()):
@@ -772,7 +875,12 @@ def _sample(net, vocab, specs, search, device):
     greedy = search.greedy
     want = 1 if greedy else search.n
     counts = [want] * B
+    options = Sampling.of(specs, search, device)  # (B,) each line's temperature, top-k, top-p
+    withdrawn = _withdrawn(specs)
     for round_ in range(1 if greedy else SAMPLE_ROUNDS):
+        if withdrawn is not None:
+            for b in withdrawn():
+                counts[b] = 0
         if not any(counts):
             break
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor(counts)).to(device)
@@ -783,16 +891,20 @@ def _sample(net, vocab, specs, search, device):
         argmax_row = torch.zeros(rows.numel(), dtype=torch.bool, device=device)  # (R,) rows written greedily
         if search.first == "greedy" and round_ == 0:
             argmax_row[torch.tensor([0] + counts[:-1]).cumsum(0).to(device)] = True  # each line's first row
+        row_options = options.take(rows)
 
         def choose(t, logp, live):
-            token = pick(logp, u[live, t], search)
+            token = pick(logp, u[live, t], search, row_options.take(live))
             token = torch.where(argmax_row[live], logp.argmax(dim=1), token)
             logp_sum.index_add_(0, live, logp.gather(1, token[:, None])[:, 0])
             return None, token
 
         out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose,
-                     drop_finished=True)
-        _collect(found, rows, out, logp_sum / rules.lengths[rows], rules, vocab)
+                     drop_finished=True, withdrawn=withdrawn)
+        done = torch.ones_like(rows, dtype=torch.bool)
+        if withdrawn is not None:  # rows of lines withdrawn while they were written are unfinished
+            done = ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
+        _collect(found, rows[done], out[done], (logp_sum / rules.lengths[rows])[done], rules, vocab)
         counts = [0 if len(f) >= want else 2 * (want - len(f)) for f in found]
     return [sorted(f.values(), key=lambda h: -h.score)[:want] for f in found]
 
@@ -808,15 +920,19 @@ def _beam(net, vocab, specs, search, device):
     first_row = torch.arange(B, device=device)[:, None] * W
 
     def choose(t, logp, live):
-        nonlocal beam
         V = logp.shape[1]
-        total = (beam.view(-1, 1) + logp).view(B, W * V)
-        beam, flat = total.topk(W, dim=1)  # (B, W)
-        return (first_row + flat // V).view(-1), (flat % V).view(-1)
+        lines = live[::W] // W  # the lines still in the batch (a line's W rows stay together, in order)
+        total = (beam[lines].view(-1, 1) + logp).view(len(lines), W * V)
+        beam[lines], flat = total.topk(W, dim=1)  # (B_t, W)
+        return (first_row[:len(lines)] + flat // V).view(-1), (flat % V).view(-1)
 
-    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose)
+    withdrawn = _withdrawn(specs)
+    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose,
+                 withdrawn=withdrawn)
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     alive = torch.isfinite(beam.view(-1))
+    if withdrawn is not None:  # a withdrawn line's beams are unfinished
+        alive &= ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
     _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab)
     return [sorted(f.values(), key=lambda h: -h.score)[:W] for f in found]
 

@@ -634,3 +634,19 @@ def test_a_withdrawn_acrostic_stops(couplets):
                                                                                                      n=2, seed=1)
     out = couplets.complete_batch(["春风", "秋月"], n=2, seed=1, wanted=[lambda: False, lambda: True])
     assert out[0] == [] and [c.text for c in out[1]] == [c.text for c in couplets.complete("秋月", n=2, seed=1)]
+
+
+def test_the_fast_descending_sort_is_torch_s_sort_with_ties_by_index():
+    """decode._sort_descending (one radix-sorted int64 key per element, for top-p) gives exactly the values of
+    torch's row-wise float sort, and orders equal values by index; rows of every size, zeros and ties included."""
+    gen = torch.Generator().manual_seed(0)
+    for rows, width in ((1, 1), (3, 7), (40, 7300), (5, 20000)):
+        probs = torch.softmax(4 * torch.randn(rows, width, generator=gen), dim=1)
+        probs[:, ::5] = 0.0  # masked tokens
+        probs[:, 1:4] = probs[:, 7:8] if width > 7 else probs[:, 1:4]  # ties
+        values, order = decode._sort_descending(probs)
+        assert torch.equal(values, probs.sort(dim=1, descending=True).values)
+        assert torch.equal(probs.gather(1, order), values)
+        assert torch.equal(order.sort(dim=1).values, torch.arange(width).expand(rows, width))  # a permutation
+        tied = values[:, 1:] == values[:, :-1]
+        assert (order[:, 1:][tied] > order[:, :-1][tied]).all()  # equal values: lower index first

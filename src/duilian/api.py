@@ -12,7 +12,7 @@ decode.py does the rest without ever seeing text.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -264,7 +264,7 @@ class Couplets:
         last = max(i for i, ch in enumerate(text) if is_han(ch))
         ends_oblique = OBLIQUE in (tone_of(text[last]), tone_of(shown[last]))
         rhythm = set(rhythm_positions(shown))
-        same = _same_character_ids(self.tokenizer)  # a character's forms -> the tokens that are it in some script
+        same = self._same_character_ids  # a character's forms -> the tokens that are it in some script
         upper_ids = {ids[i] for i in range(n) if not punct[i]}
         upper_ids.update(t for ch in text if is_han(ch) for form in char_forms(ch) for t in same.get(form, ()))
         return decode.LineSpec(
@@ -280,6 +280,11 @@ class Couplets:
             rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
             seed=opts.seed,
         )
+
+    @cached_property
+    def _same_character_ids(self) -> dict[str, tuple[int, ...]]:
+        # Per instance: the module-level cache hashes the whole tokenizer at every call.
+        return _same_character_ids(self.tokenizer)
 
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options) -> Candidate:
         lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens

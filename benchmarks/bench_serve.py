@@ -294,7 +294,8 @@ async def run_rounds(args, uppers: list[str], base_url: str, batch_url: str) -> 
                    httpx.AsyncClient(base_url=batch_url, timeout=timeout, limits=limits))
     async with clients[0] as base, clients[1] as batch:
         for http in (base, batch):  # warm-up: opens the connections, first model calls
-            await load(http, uppers, 2 * C, C, args.n, args.max_seconds, request_options(2 * C, args.options == "mixed", 1))
+            await load(http, uppers, 2 * C, C, args.n, args.max_seconds,
+                       request_options(2 * C, args.options == "mixed", seed=1))
         rounds = []
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)

@@ -529,7 +529,8 @@ def test_pick_with_options_row_by_row_is_each_row_as_before():
     logits[:, ::3] = -math.inf  # masked tokens, as the decoder passes them
     logits = torch.log_softmax(logits, dim=1)
     rows = decode.Sampling(temperature=torch.tensor([t for t, _, _ in options]),
-                           top_k=torch.tensor([k for _, k, _ in options]), top_p=torch.tensor([p for _, _, p in options]))
+                           top_k=torch.tensor([k for _, k, _ in options]),
+                           top_p=torch.tensor([p for _, _, p in options]))
     search = decode.Search()
     differs = 0
     for _ in range(50):
@@ -589,7 +590,8 @@ class _CountingState:
         return self.state.step(tokens)
 
 
-@pytest.mark.parametrize("search", [decode.Search(n=4), decode.Search(n=4, first="beam"), decode.Search(n=3, method="beam")])
+@pytest.mark.parametrize("search", [decode.Search(n=4), decode.Search(n=4, first="beam"),
+                                    decode.Search(n=3, method="beam")])
 def test_a_withdrawn_line_leaves_the_pass_at_the_next_step(couplets, search):
     """A line whose `wanted` turns False mid-pass stops costing work at the next step and gets no candidates; the
     other lines write exactly what they write without it. A line withdrawn before the pass is never prefilled."""
@@ -630,8 +632,8 @@ def test_a_withdrawn_acrostic_stops(couplets):
         return len(calls) < 5
 
     assert couplets.acrostic("春福", length=7, n=2, seed=1, wanted=wanted) == []
-    assert couplets.acrostic("春福", length=7, n=2, seed=1, wanted=lambda: True) == couplets.acrostic("春福", length=7,
-                                                                                                     n=2, seed=1)
+    kept = couplets.acrostic("春福", length=7, n=2, seed=1, wanted=lambda: True)
+    assert kept and kept == couplets.acrostic("春福", length=7, n=2, seed=1)
     out = couplets.complete_batch(["春风", "秋月"], n=2, seed=1, wanted=[lambda: False, lambda: True])
     assert out[0] == [] and [c.text for c in out[1]] == [c.text for c in couplets.complete("秋月", n=2, seed=1)]
 

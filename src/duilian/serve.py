@@ -283,14 +283,14 @@ class MicroBatcher:
     async def submit(self, key: tuple, item: Any, timeout_s: float,
                      client_gone: Callable[[], Awaitable[None]] | None = None, client: str | None = None) -> Any:
         """The result `run_group` gives for `item`. ServiceError 503 when `max_queue` requests are waiting, or
-        `max_per_client` of this `client`'s are unanswered; 504 after `timeout_s`, and 499 once `client_gone()`
-        (an awaitable that finishes when the client has disconnected) finishes first. A job that is not answered
-        is withdrawn: never run if it has not started, dropped from its model call at the next decoding step if
-        the call takes `wanted` (else its result is dropped)."""
+        `max_per_client` of this `client`'s are unanswered (None: not known, not counted); 504 after
+        `timeout_s`, and 499 once `client_gone()` (an awaitable that finishes when the client has disconnected)
+        finishes first. A job that is not answered is withdrawn: never run if it has not started, dropped from
+        its model call at the next decoding step if the call takes `wanted` (else its result is dropped)."""
         self._ensure_running()
         if len(self._queue) >= self.max_queue:
             raise ServiceError(503, f"the server is busy ({self.max_queue} requests waiting); try again shortly")
-        if self.max_per_client is not None and self._pending[client] >= self.max_per_client:
+        if self.max_per_client is not None and client is not None and self._pending[client] >= self.max_per_client:
             raise ServiceError(503, f"this client already has {self._pending[client]} requests waiting (the limit "
                                     "per client); wait for their answers")
         job = _Job(key, item, self._loop.create_future(), client)
@@ -381,7 +381,9 @@ class MicroBatcher:
                 group = [job for job in group if not job.future.done()]
                 if not group:
                     continue
-                args = (key, [job.item for job in group]) + (([job.wanted for job in group],) if self.pass_wanted else ())
+                args = (key, [job.item for job in group])
+                if self.pass_wanted:
+                    args += ([job.wanted for job in group],)
                 try:
                     results = await self._loop.run_in_executor(self._executor, self.run_group, *args)
                     self.batches_run += 1

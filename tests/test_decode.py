@@ -524,7 +524,7 @@ def test_pick_with_options_row_by_row_is_each_row_as_before():
     """Rows with different temperature, top-k and top-p in one call: each row picks exactly what the scalar pick
     of before picked for it alone, across many uniforms (so every part of each distribution is reached)."""
     gen = torch.Generator().manual_seed(0)
-    options = [(t, k, p) for t in (0.5, 1.0, 1.7) for k in (0, 1, 7, 2000) for p in (1.0, 0.9, 0.3)]
+    options = [(t, k, p) for t in (0.5, 1.0, 1.7) for k in (0, 1, 7, 300, 2000) for p in (1.0, 0.9, 0.3)]
     logits = torch.log_softmax(3 * torch.randn(len(options), 1500, generator=gen), dim=1)
     logits[:, ::3] = -math.inf  # masked tokens, as the decoder passes them
     logits = torch.log_softmax(logits, dim=1)

@@ -700,30 +700,41 @@ def pick(logits: torch.Tensor, u: torch.Tensor, search: Search, rows: Sampling |
         probs = torch.softmax(logits / rows.temperature[:, None], dim=1)
         if bool(one.any()):
             probs[one] = logits[one].exp()
-    # top-k, then top-p. A row with both is sorted once: the top-k filter zeroes the tail of its sorted values.
-    nucleus = (rows.top_p < 1).nonzero()[:, 0]
-    top_k = ((rows.top_k > 0) & (rows.top_p >= 1)).nonzero()[:, 0]
-    if top_k.numel():  # each such row keeps its k likeliest tokens (ties included)
-        k = rows.top_k[top_k].clamp(max=probs.shape[1])
-        kept = probs[top_k]
-        top = kept.topk(int(k.max()), dim=1).values  # (R_k, K) descending
-        kth = top.gather(1, (k - 1)[:, None])
-        probs[top_k] = torch.where(kept >= kth, kept, 0.0)
-    if nucleus.numel():  # the likeliest tokens until their mass reaches top_p
-        sorted_p, order = _sort_descending(probs[nucleus])
-        k = rows.top_k[nucleus].clamp(max=probs.shape[1])
-        kth = torch.where(k > 0, sorted_p.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0], 0.0)[:, None]
-        sorted_p = torch.where(sorted_p >= kth, sorted_p, 0.0)  # top-k first (k = 0: keeps all)
-        before = sorted_p.cumsum(1) - sorted_p  # mass of the more likely tokens
-        mass = rows.top_p[nucleus, None] * sorted_p.sum(1, keepdim=True)
-        sorted_p = torch.where(before < mass, sorted_p, 0.0)
-        probs[nucleus] = torch.zeros_like(sorted_p).scatter_(1, order, sorted_p)
+    # top-k: each row with one keeps its k likeliest tokens (ties included); one topk per distinct k, as a
+    # small k costs much less than the largest.
+    with_k = (rows.top_k > 0).nonzero()[:, 0]
+    for k in rows.top_k[with_k].unique().tolist():
+        r = with_k[rows.top_k[with_k] == k]
+        kept = probs[r]
+        kth = kept.topk(min(k, probs.shape[1]), dim=1).values[:, -1:]
+        probs[r] = torch.where(kept >= kth, kept, 0.0)
+    # top-p: the likeliest tokens until their mass reaches top_p. Rows that top-k has left with few tokens sort
+    # only those (the rest are zeros, which sort last), the others their whole distribution.
+    nucleus = rows.top_p < 1
+    for r in ((nucleus & (rows.top_k > 0)).nonzero()[:, 0], (nucleus & (rows.top_k == 0)).nonzero()[:, 0]):
+        if r.numel():
+            probs[r] = _nucleus(probs[r], rows.top_p[r])
     cdf = probs.cumsum(dim=1)
     x = (u.to(cdf) * cdf[:, -1])[:, None]
     token = torch.searchsorted(cdf, x, right=True)[:, 0].clamp(max=probs.shape[1] - 1)
     # Rounding can land on a zero-probability token at the very end of the cdf: take the likeliest instead.
     bad = probs.gather(1, token[:, None])[:, 0] <= 0
     return torch.where(bad, logits.argmax(dim=1), token) if bool(bad.any()) else token
+
+
+def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """probs [R, V] with each row cut to its nucleus: its likeliest tokens, in order, while the mass before each
+    is below top_p [R] of the row's total (the token that reaches it included), the others 0.
+
+    Computed as a full descending sort would compute it (the same cumulative sums, and the total summed over
+    the whole sorted row) but sorting only the nonzero head when it is short: after top-k, a row holds k
+    tokens, and sorting thousands of zeros cost more than the model's step for the row."""
+    R, V = probs.shape
+    width = int((probs > 0).sum(1).max())
+    head, order = probs.topk(width, dim=1) if 4 * width < V else _sort_descending(probs)  # (R, width) descending
+    before = head.cumsum(1) - head  # mass of the more likely tokens
+    mass = top_p[:, None] * F.pad(head, (0, V - head.shape[1])).sum(1, keepdim=True)  # summed as the whole row
+    return torch.zeros_like(probs).scatter_(1, order, torch.where(before < mass, head, 0.0))
 
 
 def _sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,8 +88,9 @@ MAX_HEADER_BYTES = 16 * 1024  # request line and headers (h11's default); more i
 HALF_CLOSE_PROBE_S = 0.1
 """A client that half-closes after sending (shutdown(SHUT_WR)) still gets its answer, but the server cannot tell
 that from a client that closed and left: both send the same FIN. While such a request waits, the server writes
-an interim `100 Continue` (which HTTP/1.1 clients skip) this often; a client that has gone answers the first
-with a reset, the next write fails, and its request is withdrawn as if it had disconnected."""
+an interim `100 Continue` (which HTTP/1.1 clients skip): at once, again a tenth of this later (a nearby client
+that has gone has answered the first with a reset by then), then this often. Once a write fails, the request
+is withdrawn as if its client had disconnected."""
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -965,17 +966,17 @@ class _BoundedReads:
                 or cycle.scope.get("http_version") != "1.1"):
             return None  # nothing left to answer (or an HTTP/1.0 client, which may not get a 1xx): close
         cycle.keep_alive = False  # answer, then close
-        self._probe(cycle)
+        self._probe(cycle, HALF_CLOSE_PROBE_S / 10)
         return True  # keep the transport open for the answer
 
-    def _probe(self, cycle) -> None:
-        """While the half-closed request `cycle` waits, write an interim 100 Continue every HALF_CLOSE_PROBE_S:
-        once the client has gone, a write fails and uvicorn marks the request disconnected."""
+    def _probe(self, cycle, next_s: float) -> None:
+        """While the half-closed request `cycle` waits, write an interim 100 Continue (HALF_CLOSE_PROBE_S): once
+        the client has gone, a write fails and uvicorn marks the request disconnected."""
         self._probe_timer = None
         if self.cycle is not cycle or cycle.response_started or self.transport.is_closing():
             return
         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._probe_timer = self.loop.call_later(HALF_CLOSE_PROBE_S, self._probe, cycle)
+        self._probe_timer = self.loop.call_later(next_s, self._probe, cycle, HALF_CLOSE_PROBE_S)
 
     def _trusted(self, host: str) -> bool:
         try:

@@ -1,19 +1,24 @@
 """Load benchmark for `duilian serve`, on loopback only, bounded in requests and time.
 
 Starts two real servers (the `duilian serve` CLI module, in subprocesses) on free 127.0.0.1 ports with a
-random model of the given preset, then sends 上联 from the test fixture with C concurrent clients (a minimal keep-alive HTTP client; --client
-httpx for httpx):
+random model of the given preset, then sends 上联 from the test fixture with C concurrent clients (a minimal
+keep-alive HTTP client; --client httpx for httpx):
 
-    baseline   max_batch=1: the same server code handling one request at a time
+    baseline   max_batch=1: the same server code handling one request at a time; or, with --baseline-rev,
+               the server as it was at that git revision (exported with `git archive`), batching as it did
     batched    max_batch=C: concurrent requests decoded together
     single     one client against the batched server (the latency a lone user sees)
+
+Each request asks for n candidates with the default options, or (--options mixed) with its own temperature,
+top-k and top-p, drawn at random but the same for both servers (request i gets the i-th draw).
 
 baseline and batched alternate for --rounds rounds. It reports p50/p99 latency, requests/s and errors for
 each, and the median of throughput(batched) / throughput(baseline). Both sides run in the same invocation
 with the same model, threads and requests, so the ratio is fair on a busy machine; the absolute numbers
 are not.
 
-    python benchmarks/bench_serve.py                      # mini preset, 32 clients
+    python benchmarks/bench_serve.py                      # mini preset, 32 clients, against one at a time
+    python benchmarks/bench_serve.py --options mixed --baseline-rev 29f1090   # against the server before issue 17
     python benchmarks/bench_serve.py --preset tiny --requests 64 --baseline-requests 32
 """
 
@@ -21,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +43,12 @@ from dataclasses import dataclass
 
 import httpx
 
-FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "couplets" / "in.txt"
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "couplets" / "in.txt"
 STARTUP_TIMEOUT_S = 120.0
+MIXED_TEMPERATURES = (0.5, 1.5)  # --options mixed: uniform in this range (never greedy)
+MIXED_TOP_K = (0, 0, 5, 20, 50, 200)  # one of these (0: off), uniformly
+MIXED_TOP_P = (0.5, 1.0)  # uniform in this range, or 1 (off) for half the requests
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--length", type=int, default=None,
                    help="only 上联 of this many characters (default: the fixture's natural mix of lengths)")
     p.add_argument("--n", type=int, default=5, help="candidates per request (default 5)")
+    p.add_argument("--options", choices=("fixed", "mixed"), default="fixed",
+                   help="fixed: every request with the default temperature, top-k and top-p; mixed: each request "
+                        "its own, at random (the same for both servers)")
+    p.add_argument("--baseline-rev", default=None, metavar="REV",
+                   help="the baseline is the server at this git revision, batching like the batched one (e.g. the "
+                        "commit before a change); default: the current code one request at a time")
     p.add_argument("--batch-wait-ms", type=float, default=50.0, help="the batched server's longest wait (default 50 ms)")
     p.add_argument("--batch-gap-ms", type=float, default=5.0, help="the batched server's idle gap (default 5 ms)")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
@@ -72,10 +90,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def export_revision(rev: str, into: Path) -> Path:
+    """The package source (src/) of git revision `rev` of this repository, written under `into`; returns the
+    directory to put on PYTHONPATH."""
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(into, filter="data")
+    return into / "src"
+
+
 def start_server(model_dir: str, max_batch: int, batch_wait_ms: float, batch_gap_ms: float, threads: int,
-                 int8: bool = False) -> tuple[subprocess.Popen, str]:
+                 int8: bool = False, source: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """A `duilian serve` subprocess; `source`: a directory holding the duilian package to run (another revision)
+    instead of the one this Python imports."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [os.environ.get("PYTHONPATH")])])
     # Through the CLI module itself, so the benchmark measures what `duilian serve` runs.
     code = (
         "import argparse, sys, torch; torch.set_num_threads(int(sys.argv[1]));"
@@ -181,10 +212,21 @@ class RawClient:
                 conn[1].close()
 
 
+def request_options(count: int, mixed: bool, seed: int = 0) -> list[dict]:
+    """The sampling options of requests 0..count-1: none (the defaults), or each its own at random."""
+    if not mixed:
+        return [{}] * count
+    rng = random.Random(seed)
+    return [{"temperature": round(rng.uniform(*MIXED_TEMPERATURES), 3), "top_k": rng.choice(MIXED_TOP_K),
+             "top_p": round(rng.uniform(*MIXED_TOP_P), 3) if rng.random() < 0.5 else 1.0} for _ in range(count)]
+
+
 async def load(http: httpx.AsyncClient, uppers: list[str], requests: int, concurrency: int, n: int,
-               max_seconds: float) -> dict:
-    """`requests` POSTs from `concurrency` clients, each sending its next request when the last is answered.
-    The connections in `http` are reused across calls, so no phase pays for opening them."""
+               max_seconds: float, options: list[dict] | None = None) -> dict:
+    """`requests` POSTs from `concurrency` clients, each sending its next request when the last is answered;
+    request i carries options[i] (its sampling options). The connections in `http` are reused across calls,
+    so no phase pays for opening them."""
+    options = options or [{}] * requests
     latencies: list[float] = []
     errors: list[str] = []
     counter = iter(range(requests))
@@ -196,7 +238,7 @@ async def load(http: httpx.AsyncClient, uppers: list[str], requests: int, concur
                 return
             t0 = time.perf_counter()
             try:
-                r = await http.post("/v1/couplets", json={"upper": uppers[i % len(uppers)], "n": n})
+                r = await http.post("/v1/couplets", json={"upper": uppers[i % len(uppers)], "n": n, **options[i]})
                 ok = r.status_code == 200 and len(r.json()["candidates"]) > 0
                 if not ok:
                     errors.append(f"{r.status_code}: {r.text[:200]}")
@@ -228,7 +270,8 @@ async def load(http: httpx.AsyncClient, uppers: list[str], requests: int, concur
 async def measure(name: str, http: httpx.AsyncClient, args, uppers: list[str], requests: int,
                   concurrency: int) -> dict:
     before = (await http.get("/healthz")).json()
-    result = await load(http, uppers, requests, concurrency, args.n, args.max_seconds)
+    result = await load(http, uppers, requests, concurrency, args.n, args.max_seconds,
+                        request_options(requests, args.options == "mixed"))
     after = (await http.get("/healthz")).json()
     mean_batch = (after["requests_run"] - before["requests_run"]) / max(1, after["batches_run"] - before["batches_run"])
     result.update(phase=name, mean_batch=round(mean_batch, 2), recent_batch_sizes=after["recent_batch_sizes"])
@@ -251,7 +294,8 @@ async def run_rounds(args, uppers: list[str], base_url: str, batch_url: str) -> 
                    httpx.AsyncClient(base_url=batch_url, timeout=timeout, limits=limits))
     async with clients[0] as base, clients[1] as batch:
         for http in (base, batch):  # warm-up: opens the connections, first model calls
-            await load(http, uppers, 2 * C, C, args.n, args.max_seconds)
+            await load(http, uppers, 2 * C, C, args.n, args.max_seconds,
+                       request_options(2 * C, args.options == "mixed", seed=1))
         rounds = []
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
@@ -282,12 +326,16 @@ def main(argv=None) -> int:
             build_model(args.preset, seed=0).save_pretrained(model_dir)
         label = args.model or f"random {args.preset}"
         mix = f"{args.length}-character 上联" if args.length else "上联 of mixed lengths"
-        print(f"model: {label}; {mix}; {args.n} candidates per request; torch threads {args.threads}; loopback; "
-              f"{'int8' if args.int8 else 'fp32'} weights; batched server: max_batch={C} batch_wait_ms={args.batch_wait_ms:g} batch_gap_ms={args.batch_gap_ms:g}",
+        baseline = f"the server at {args.baseline_rev}, max_batch={C}" if args.baseline_rev else "max_batch=1"
+        print(f"model: {label}; {mix}; {args.n} candidates per request, {args.options} options; torch threads "
+              f"{args.threads}; loopback; {'int8' if args.int8 else 'fp32'} weights; batched server: max_batch={C} "
+              f"batch_wait_ms={args.batch_wait_ms:g} batch_gap_ms={args.batch_gap_ms:g}; baseline: {baseline}",
               flush=True)
+        old = export_revision(args.baseline_rev, Path(tmp) / "baseline") if args.baseline_rev else None
         # Both servers stay up and idle while the other is measured; rounds alternate so that a busy
         # spell on the machine hits both sides.
-        servers = [start_server(model_dir, 1, args.batch_wait_ms, args.batch_gap_ms, args.threads, args.int8),
+        servers = [start_server(model_dir, C if old else 1, args.batch_wait_ms, args.batch_gap_ms, args.threads,
+                                args.int8, source=old),
                    start_server(model_dir, C, args.batch_wait_ms, args.batch_gap_ms, args.threads, args.int8)]
         try:
             (_, base_url), (_, batch_url) = servers
@@ -297,10 +345,12 @@ def main(argv=None) -> int:
                 stop_server(proc)
     ratio = statistics.median(r["ratio"] for r in rounds)
     errors = sum(r["baseline"]["errors"] + r["batched"]["errors"] for r in rounds) + single["errors"]
-    print(f"throughput ratio, {C} clients, batched / one at a time (median of {len(rounds)} rounds): {ratio:.2f}x; "
-          f"errors: {errors}")
+    against = f"the server at {args.baseline_rev}" if args.baseline_rev else "one at a time"
+    print(f"throughput ratio, {C} clients, {args.options} options, batched / {against} (median of {len(rounds)} "
+          f"rounds): {ratio:.2f}x; errors: {errors}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": label, "length": args.length, "n": args.n,
+                                               "options": args.options, "baseline_rev": args.baseline_rev,
                                                "threads": args.threads, "rounds": rounds, "single": single,
                                                "ratio": round(ratio, 3), "errors": errors}, indent=2),
                                    encoding="utf-8")

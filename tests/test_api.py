@@ -13,7 +13,7 @@ import duilian
 from duilian import api, decode
 from duilian.model import build_model
 from duilian.rules import check_pair, tone_of
-from duilian.script import to_simplified, to_traditional
+from duilian.script import char_forms, to_simplified, to_traditional
 from duilian.text import CoupletInputError, is_han
 from duilian.tokenizer import default_tokenizer
 
@@ -433,3 +433,74 @@ def test_noisy_channel_ranks_by_the_reverse_log_prob(two_way, c):
     assert len(two.complete(upper, n=2, seed=1)) == 2  # the pool (5 beams + samples) is cut back to n
     with pytest.raises(ValueError, match="reverse_weight"):
         two.complete(upper, reverse_weight=-1)
+
+
+# --- simplifying merges characters: the rules follow the 上联 that was sent ------------------------------------
+def _merging_pairs() -> list[str]:
+    """Every 2-character 上联 of two different characters of the basic block that OpenCC simplifies to the same
+    character (its many-to-one table, read by converting the whole block: 雲 and 云 -> 云, 鐘 and 鍾 -> 钟, 乾 and
+    幹 -> 干, 么 幺 麼 麽 -> 幺), in both orders."""
+    from duilian.script import each_simplified
+    from duilian.text import normalize
+
+    chars = [chr(cp) for cp in BASIC_BLOCK]
+    groups: dict[str, list[str]] = {}
+    for ch, simple in zip(chars, each_simplified(chars)):
+        if normalize(ch) == ch and is_han(ch):
+            groups.setdefault(simple, []).append(ch)
+    return [a + b for group in groups.values() for a in group for b in group if a != b]
+
+
+def _assert_right_for_the_sent_upper(upper: str, x) -> None:
+    """The candidate `x` is right in form for `upper` as sent, checked here without the API's own report: the
+    same 重字, and no character that is one of the 上联's in either script (each character's simplified and
+    traditional forms, converted on its own)."""
+    from duilian.rules import repeat_pattern
+    from duilian.script import each_simplified, each_traditional
+
+    def forms(line):
+        return [{ch, s, t} for ch, s, t in zip(line, each_simplified(list(line)), each_traditional(list(line)))]
+
+    assert repeat_pattern(x.text) == repeat_pattern(upper), (upper, x.text)
+    upper_forms = set().union(*forms(upper))
+    assert all(not (f & upper_forms) for f in forms(x.text)), (upper, x.text)
+    assert x.checks.valid and x.checks == check_pair(upper, x.text, forms=char_forms), (upper, x.text)
+
+
+def test_merging_characters_stay_apart_in_a_simplified_answer():
+    """The issue's reproduction with the shipped model: 雲云 with script "simplified" once gave 雨雨, 风风 and 日日,
+    all marked valid (the simplified reading 云云 repeats); 天高雲淡人云亦云 gave 海阔风轻舟风浪风. Now every
+    candidate keeps 雲 and 云 apart, as the sent 上联 does, and repeats where it repeats."""
+    c = duilian.load()
+    for upper in ("雲云", "天高雲淡人云亦云", "鐘鍾", "後后", "乾幹", "髮發"):
+        line = c.read(upper, "simplified")
+        assert line.script == "simplified" and line.shown == upper  # 雲 and 云 are not shown as 云云 either
+        cands = c.complete(upper, n=3, script="simplified", seed=1)
+        assert cands
+        for x in cands:
+            _assert_right_for_the_sent_upper(upper, x)
+    assert c.read("風雲", "simplified").shown == "风云"  # nothing merges: the whole line is simplified
+
+
+@pytest.mark.parametrize("script", ["simplified", "auto", "traditional"])
+def test_every_merging_pair_of_opencc_gets_a_line_right_for_what_was_sent(c, script):
+    """A sweep over OpenCC's many-to-one table: each pair of characters that simplify to one (both orders), as a
+    2-character 上联, greedy, in one batch. No candidate repeats a character where the sent 上联 has two different
+    ones, or copies either of them in either script; each is valid, and its report says so truthfully."""
+    uppers = _merging_pairs()
+    assert len(uppers) > 5000 and "雲云" in uppers and "云雲" in uppers and "鍾鐘" in uppers
+    results = c.complete_batch(uppers, n=1, temperature=0, script=script)
+    for upper, cands in zip(uppers, results):
+        assert len(cands) == 1, upper
+        _assert_right_for_the_sent_upper(upper, cands[0])
+
+
+def test_a_copy_in_the_other_script_is_not_valid():
+    """check_pair with script forms: 云 under 雲 is a copy in place, 风 anywhere under 風 a copy; without forms the
+    characters are compared as they are (what evaluate does with references in one script)."""
+    assert not check_pair("天高雲淡", "海阔云轻", forms=char_forms).no_copy  # in place
+    assert not check_pair("風雲", "雨风", forms=char_forms).no_copy  # elsewhere
+    assert check_pair("風雲", "雨风", allow_upper_chars=True, forms=char_forms).no_copy  # elsewhere is allowed
+    assert not check_pair("余年", "馀生", forms=char_forms).no_copy  # 余 and 馀 are both 餘 in traditional
+    assert check_pair("天高雲淡", "海阔云轻").no_copy
+    assert check_pair("天高雲淡", "海阔风轻", forms=char_forms).valid

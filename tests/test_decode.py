@@ -2,6 +2,7 @@
 
 import math
 import random
+from dataclasses import replace
 from itertools import permutations
 
 import pytest
@@ -495,3 +496,159 @@ def test_beam_first_leads_with_the_beam_line_then_varied_samples(couplets):
     assert [c.text for c in couplets.complete(uppers[0], n=1, first="beam")] == [beams[0][0].text]
     with pytest.raises(ValueError, match="first must be one of"):
         decode.Search(first="best")
+
+
+# --- options row by row, and lines withdrawn mid-pass ----------------------------------------------------------
+def _pick_as_before(logits, u, search):
+    """decode.pick as it was when a batch shared one temperature, top-k and top-p (scalars): the reference a row
+    with its own options must match exactly."""
+    if search.greedy:
+        return logits.argmax(dim=1)
+    probs = logits.exp() if search.temperature == 1 else torch.softmax(logits / search.temperature, dim=1)
+    if search.top_k:
+        kth = probs.topk(min(search.top_k, probs.shape[1]), dim=1).values[:, -1:]
+        probs = torch.where(probs >= kth, probs, 0.0)
+    if search.top_p < 1:
+        sorted_p, order = probs.sort(dim=1, descending=True)
+        before = sorted_p.cumsum(1) - sorted_p
+        sorted_p = torch.where(before < search.top_p * sorted_p.sum(1, keepdim=True), sorted_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+    cdf = probs.cumsum(dim=1)
+    x = (u.to(cdf) * cdf[:, -1])[:, None]
+    token = torch.searchsorted(cdf, x, right=True)[:, 0].clamp(max=probs.shape[1] - 1)
+    bad = probs.gather(1, token[:, None])[:, 0] <= 0
+    return torch.where(bad, logits.argmax(dim=1), token)
+
+
+def test_pick_with_options_row_by_row_is_each_row_as_before():
+    """Rows with different temperature, top-k and top-p in one call: each row picks exactly what the scalar pick
+    of before picked for it alone, across many uniforms (so every part of each distribution is reached)."""
+    gen = torch.Generator().manual_seed(0)
+    options = [(t, k, p) for t in (0.5, 1.0, 1.7) for k in (0, 1, 7, 300, 2000) for p in (1.0, 0.9, 0.3)]
+    logits = torch.log_softmax(3 * torch.randn(len(options), 1500, generator=gen), dim=1)
+    logits[:, ::3] = -math.inf  # masked tokens, as the decoder passes them
+    logits = torch.log_softmax(logits, dim=1)
+    rows = decode.Sampling(temperature=torch.tensor([t for t, _, _ in options]),
+                           top_k=torch.tensor([k for _, k, _ in options]),
+                           top_p=torch.tensor([p for _, _, p in options]))
+    search = decode.Search()
+    differs = 0
+    for _ in range(50):
+        u = torch.rand(len(options), generator=gen)
+        mixed = decode.pick(logits, u, search, rows)
+        for r, (t, k, p) in enumerate(options):
+            alone = _pick_as_before(logits[r:r + 1], u[r:r + 1], decode.Search(temperature=t, top_k=k, top_p=p))
+            assert int(mixed[r]) == int(alone[0]), (t, k, p)
+        differs += int((mixed != _pick_as_before(logits, u, search)).sum())
+    assert differs > 100  # the rows' own options were used, not the search's
+
+
+def test_lines_with_their_own_sampling_options_decode_as_if_alone(couplets):
+    """Lines with different temperature, top-k and top-p share one pass (serve batches requests this way), and
+    each seeded line writes exactly what it writes alone with its options, for every kind of first candidate."""
+    uppers = random_uppers(6, seed=12)
+    temps, ks, ps = [0.6, 1.0, 1.4, 1.0, 0.9, 2.0], [0, 5, 0, 50, 3, 0], [1.0, 0.8, 0.95, 1.0, 0.5, 1.0]
+    for first in ("sample", "greedy", "beam"):
+        together = couplets.complete_batch(uppers, n=4, seed=list(range(6)), temperature=temps, top_k=ks, top_p=ps,
+                                           first=first)
+        for i, upper in enumerate(uppers):
+            alone = couplets.complete(upper, n=4, seed=i, temperature=temps[i], top_k=ks[i], top_p=ps[i], first=first)
+            assert [c.text for c in together[i]] == [c.text for c in alone], (first, upper)
+            assert [c.logprob for c in together[i]] == pytest.approx([c.logprob for c in alone], abs=1e-4)
+    # The options really reach each line: the same 上联 and seed with other options give other lines.
+    same = couplets.complete_batch([uppers[0]] * 2, n=4, seed=1, temperature=[0.5, 2.0], top_k=[0, 0], top_p=[1, 1])
+    assert [c.text for c in same[0]] != [c.text for c in same[1]]
+    # Greedy and sampled lines differ in shape (one row, no lead beam): not in one pass.
+    with pytest.raises(ValueError, match="not both greedy"):
+        couplets.complete_batch(uppers[:2], n=3, temperature=[0, 1.0])
+    with pytest.raises(ValueError, match="2 temperatures for 3"):
+        couplets.complete_batch(uppers[:3], temperature=[1.0, 1.0])
+
+
+class _CountingNet:
+    """A decoder network that counts the rows it prefills and the rows it steps (the work decoding costs)."""
+
+    def __init__(self, net):
+        self.net, self.rows_started, self.row_steps, self.steps = net, 0, 0, 0
+
+    def start(self, prompts, new_tokens):
+        self.rows_started += len(prompts)
+        state, logits = self.net.start(prompts, new_tokens)
+        return _CountingState(self, state), logits
+
+
+class _CountingState:
+    def __init__(self, owner, state):
+        self.owner, self.state = owner, state
+
+    def select(self, index):
+        return _CountingState(self.owner, self.state.select(index))
+
+    def step(self, tokens):
+        self.owner.row_steps += tokens.numel()
+        self.owner.steps += 1
+        return self.state.step(tokens)
+
+
+@pytest.mark.parametrize("search", [decode.Search(n=4), decode.Search(n=4, first="beam"),
+                                    decode.Search(n=3, method="beam")])
+def test_a_withdrawn_line_leaves_the_pass_at_the_next_step(couplets, search):
+    """A line whose `wanted` turns False mid-pass stops costing work at the next step and gets no candidates; the
+    other lines write exactly what they write without it. A line withdrawn before the pass is never prefilled."""
+    # The long one is withdrawn; the others are of one length, so beams split them into passes the same way.
+    uppers = ["一帆风顺年年好", "春风送暖千家乐，瑞雪迎春万户欢", "丹枫江冷人初去"]
+    specs = [couplets.lower_spec(u, Options(seed=i)) for i, u in enumerate(uppers)]
+    others = [specs[0], specs[2]]
+    plain = _CountingNet(couplets.net)
+    expected = decode.decode(plain, couplets.vocab, others, search)
+    full = _CountingNet(couplets.net)
+    decode.decode(full, couplets.vocab, specs, search)
+    counting = _CountingNet(couplets.net)
+    leave_after = 3  # decoding steps the long line takes part in
+
+    def wanted():
+        return counting.steps < leave_after
+
+    got = decode.decode(counting, couplets.vocab, [specs[0], replace(specs[1], wanted=wanted), specs[2]], search)
+    assert got[1] == [] and [[h.tokens for h in hs] for hs in (got[0], got[2])] == \
+        [[h.tokens for h in hs] for hs in expected]
+    rows = decode.LEAD_BEAM if search.first == "beam" else search.n  # its rows in the first pass
+    assert counting.row_steps <= plain.row_steps + rows * leave_after  # it left after its first steps
+    assert full.row_steps >= plain.row_steps + search.n * (len(uppers[1]) - 1)  # what staying would cost
+    # Withdrawn before the pass: never prefilled, never stepped.
+    idle = _CountingNet(couplets.net)
+    got = decode.decode(idle, couplets.vocab, [specs[0], replace(specs[1], wanted=lambda: False), specs[2]], search)
+    assert got[1] == [] and (idle.rows_started, idle.row_steps) == (plain.rows_started, plain.row_steps)
+
+
+def test_a_withdrawn_acrostic_stops(couplets):
+    """Couplets.acrostic's `wanted`: False before it starts, nothing is decoded; turned False mid-way, [] comes
+    back. complete_batch passes each 上联 its own."""
+    assert couplets.acrostic("春福", length=7, n=2, wanted=lambda: False) == []
+    calls = []
+
+    def wanted():
+        calls.append(1)
+        return len(calls) < 5
+
+    assert couplets.acrostic("春福", length=7, n=2, seed=1, wanted=wanted) == []
+    kept = couplets.acrostic("春福", length=7, n=2, seed=1, wanted=lambda: True)
+    assert kept and kept == couplets.acrostic("春福", length=7, n=2, seed=1)
+    out = couplets.complete_batch(["春风", "秋月"], n=2, seed=1, wanted=[lambda: False, lambda: True])
+    assert out[0] == [] and [c.text for c in out[1]] == [c.text for c in couplets.complete("秋月", n=2, seed=1)]
+
+
+def test_the_fast_descending_sort_is_torch_s_sort_with_ties_by_index():
+    """decode._sort_descending (one radix-sorted int64 key per element, for top-p) gives exactly the values of
+    torch's row-wise float sort, and orders equal values by index; rows of every size, zeros and ties included."""
+    gen = torch.Generator().manual_seed(0)
+    for rows, width in ((1, 1), (3, 7), (40, 7300), (5, 20000)):
+        probs = torch.softmax(4 * torch.randn(rows, width, generator=gen), dim=1)
+        probs[:, ::5] = 0.0  # masked tokens
+        probs[:, 1:4] = probs[:, 7:8] if width > 7 else probs[:, 1:4]  # ties
+        values, order = decode._sort_descending(probs)
+        assert torch.equal(values, probs.sort(dim=1, descending=True).values)
+        assert torch.equal(probs.gather(1, order), values)
+        assert torch.equal(order.sort(dim=1).values, torch.arange(width).expand(rows, width))  # a permutation
+        tied = values[:, 1:] == values[:, :-1]
+        assert (order[:, 1:][tied] > order[:, :-1][tied]).all()  # equal values: lower index first

@@ -12,8 +12,9 @@ decode.py does the rest without ever seeing text.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -21,7 +22,8 @@ from . import decode
 from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
 from .compose import ComposedCouplet
 from .hengpi import Hengpi
-from .script import SCRIPTS, answer_script, each_simplified, each_traditional, to_simplified, to_traditional
+from .script import (SCRIPTS, answer_script, char_forms, each_simplified, each_traditional, to_simplified,
+                     to_simplified_apart, to_traditional)
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
 
@@ -165,14 +167,16 @@ class Line:
     """A 上联 as the user wrote it, as the model reads it, and the script to answer in (Couplets.read)."""
 
     text: str
-    """Normalised, in the user's script."""
+    """Normalised, in the user's script: what the 下联 is checked against (its 重字, and no copy in either
+    script)."""
     model_text: str
     """Simplified, regional variants unified: what the model reads (the corpus is simplified); a character
     whose simplified form the model lacks stays as typed if the model knows that."""
     script: str
     """"simplified" or "traditional": the script of the answer."""
     shown: str
-    """The 上联 in the answer's script: what the 下联 is checked against."""
+    """The 上联 in the answer's script, with the same 重字 as `text`: a character that simplifying would merge
+    with another of the line stays as typed (script.to_simplified_apart)."""
     unknown: tuple[str, ...]
     """Characters of the 上联, as typed, that the model does not know in either script: read as [UNK]."""
 
@@ -209,7 +213,7 @@ class Couplets:
         simplified = to_simplified(text)
         answer = answer_script(text, script)
         if answer == "simplified":
-            shown = simplified
+            shown = to_simplified_apart(text)
         else:  # a traditional answer stands beside the 上联 in traditional, as typed where it was typed so
             shown = text if simplified != text else to_traditional(text)
         # Per character, the simplified form if the model knows it, else the form typed if it knows that (a BERT
@@ -232,19 +236,26 @@ class Couplets:
         return self.complete_batch([upper], n, **options)[0]
 
     def complete_batch(self, uppers: list[str], n: int = 5, *, seed: int | None | list[int | None] = None,
+                       temperature: float | list[float] = Options.temperature, top_k: int | list[int] = Options.top_k,
+                       top_p: float | list[float] = Options.top_p, wanted: list[Callable[[], bool]] | None = None,
                        **options) -> list[list[Candidate]]:
-        """complete() for many 上联 in one decoding pass. `seed` is one seed for all, or a list with one per
-        上联 (None: unseeded); either way each 上联 gets what it would get alone with its seed."""
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(uppers)
-        if len(seeds) != len(uppers):
-            raise ValueError(f"{len(seeds)} seeds for {len(uppers)} 上联")
+        """complete() for many 上联 in one decoding pass. `seed`, `temperature`, `top_k` and `top_p` are each one
+        value for all, or a list with one per 上联 (seed None: unseeded); either way each 上联 gets what it would
+        get alone with its own. Temperatures must be all greedy (below decode.GREEDY_BELOW) or none: greedy
+        changes the search's shape. `wanted`: one callable per 上联, asked between decoding steps; a 上联 whose
+        callable returns False leaves the pass and gets [] (the server's requests whose clients have left)."""
+        seeds = _one_per_line(seed, len(uppers), "seeds")
         if any(s is not None and not isinstance(s, int) for s in seeds):
             raise ValueError("a seed is an int or None")
-        opts = Options(n=n, **options)
+        sampling = {"temperature": _one_per_line(temperature, len(uppers), "temperatures"),
+                    "top_k": _one_per_line(top_k, len(uppers), "top_k values"),
+                    "top_p": _one_per_line(top_p, len(uppers), "top_p values")}
+        wanted = _one_per_line(wanted, len(uppers), "wanted checks")
+        # The search takes the first line's options (each line's own reach the decoder in its spec).
+        opts = Options(n=n, **options, **{name: values[0] for name, values in sampling.items() if values})
         lines = [self.read(u, opts.script) for u in uppers]
-        specs = [self.lower_spec(line, opts) for line in lines]
-        for spec, s in zip(specs, seeds):
-            spec.seed = s
+        specs = [replace(self.lower_spec(line, opts), seed=s, temperature=t, top_k=k, top_p=p, wanted=w)
+                 for line, s, t, k, p, w in zip(lines, seeds, *sampling.values(), wanted)]
         search, weight = opts.search(), self.reverse_weight(opts)
         if weight and search.method == "sample" and search.first == "beam" and not search.greedy:
             search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
@@ -287,20 +298,26 @@ class Couplets:
         """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
         forces the character at position `at` (嵌字; simplified, in the vocabulary).
 
-        The prompt is what the model reads (model_text, unknown characters as [UNK]); marks, 重字 and tones
-        come from the 上联 in the answer's script, which the 下联 is checked against."""
+        The prompt is what the model reads (model_text, unknown characters as [UNK]). 重字 and no-copy come from
+        the 上联 as the user sent it (`text`): simplifying merges characters (雲 and 云 are both 云), and a 下联
+        that repeated where the simplified reading repeats would break the rules for the line that was sent.
+        Every token that is a 上联 character in either script is banned (script.char_forms). Tones come from the
+        上联 in the answer's script; its final rule applies when either script's last character is 仄."""
         line = upper if isinstance(upper, Line) else Line(upper, upper, "simplified", upper, ())
-        shown = line.shown
+        text, shown = line.text, line.shown
         ids = self._ids(line.model_text)
-        n = len(shown)
-        pattern = repeat_pattern(shown)
-        punct = [is_punct(ch) for ch in shown]
+        n = len(text)
+        pattern = repeat_pattern(text)
+        punct = [is_punct(ch) for ch in text]
         forced = [ids[i] if punct[i] else -1 for i in range(n)]
         if first is not None:
             forced[at] = self._ids(first)[0]
-        last = max(i for i, ch in enumerate(shown) if is_han(ch))
-        ends_oblique = tone_of(shown[last]) == OBLIQUE
+        last = max(i for i, ch in enumerate(text) if is_han(ch))
+        ends_oblique = OBLIQUE in (tone_of(text[last]), tone_of(shown[last]))
         rhythm = set(rhythm_positions(shown))
+        same = self._same_character_ids  # a character's forms -> the tokens that are it in some script
+        upper_ids = {ids[i] for i in range(n) if not punct[i]}
+        upper_ids.update(t for ch in text if is_han(ch) for form in char_forms(ch) for t in same.get(form, ()))
         return decode.LineSpec(
             prompt=[self.tokenizer.cls_id, *ids, self.tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
             length=n,
@@ -308,20 +325,26 @@ class Couplets:
             repeat_of=[i if punct[i] else pattern[i] for i in range(n)],
             distinct=True,
             banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
-            banned=[] if opts.allow_upper_chars else sorted({ids[i] for i in range(n) if not punct[i]}),
+            banned=[] if opts.allow_upper_chars else sorted(upper_ids),
             final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
             final_rule=decode.END_LEVEL if opts.require_level_ending and ends_oblique else decode.END_ANY,
             rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
             seed=opts.seed,
         )
 
+    @cached_property
+    def _same_character_ids(self) -> dict[str, tuple[int, ...]]:
+        # Per instance: the module-level cache hashes the whole tokenizer at every call.
+        return _same_character_ids(self.tokenizer)
+
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options, reverse: float | None = None,
                    weight: float = 0.0) -> Candidate:
         lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens
         text = to_traditional(lower) if line.script == "traditional" else lower
+        # Checked against the 上联 the user sent, in both scripts: 云 beside 雲 is a copy.
+        checks = check_pair(line.text, text, allow_upper_chars=opts.allow_upper_chars, forms=char_forms)
         score = h.score + weight * reverse if reverse is not None else h.score
-        return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score,
-                         checks=check_pair(line.shown, text, allow_upper_chars=opts.allow_upper_chars),
+        return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score, checks=checks,
                          unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script),
                          reverse=reverse)
 
@@ -352,12 +375,13 @@ class Couplets:
 
         return compose(self, words, length=length, n=n, occasion=occasion, year=year, opts=Options(n=n, **options))
 
-    def acrostic(self, heads: str, length: int = 7, n: int = 5, position: int | str = 1,
-                 **options) -> list[AcrosticCouplet]:
+    def acrostic(self, heads: str, length: int = 7, n: int = 5, position: int | str = 1, *,
+                 wanted: Callable[[], bool] | None = None, **options) -> list[AcrosticCouplet]:
         """Up to n 嵌字 couplets: a 上联 of `length` characters holding heads[0] at `position` (1-based, or "last";
         1 is 藏头, 鹤顶格) and ending 仄, written by the model from [CLS]; then its 下联 holding heads[1] at the same
         place, under all the usual rules. A character that cannot stand where it is asked (a level 平 character
-        last in the 上联, an oblique 仄 one last in the 下联) is refused with the reason."""
+        last in the 上联, an oblique 仄 one last in the 下联) is refused with the reason. `wanted`, asked between
+        decoding steps: once it returns False, decoding stops and the answer is []."""
         opts = Options(n=n, **options)
         heads = normalize(heads) if isinstance(heads, str) else heads
         if not isinstance(heads, str) or len(heads) != 2 or not all(is_han(ch) for ch in heads):
@@ -386,6 +410,7 @@ class Couplets:
             final_pos=length - 1,
             final_rule=decode.END_OBLIQUE,
             seed=opts.seed,
+            wanted=wanted,
         )
         uppers = decode.decode(self.net, self.vocab, [upper_spec], opts.search())[0]
         if not uppers:
@@ -393,8 +418,10 @@ class Couplets:
         # 2) One 下联 per 上联, the best of a few, starting with the second head.
         upper_texts = [self.tokenizer.decode(h.tokens) for h in uppers]
         lower_opts = Options(**{**opts.__dict__, "n": ACROSTIC_LOWERS})
-        specs = [self.lower_spec(u, lower_opts, first=heads[1], at=at) for u in upper_texts]
+        specs = [replace(self.lower_spec(u, lower_opts, first=heads[1], at=at), wanted=wanted) for u in upper_texts]
         lowers = decode.decode(self.net, self.vocab, specs, lower_opts.search())
+        if wanted is not None and not wanted():
+            return []
         out = []
         for text, up, lows in zip(upper_texts, uppers, lowers):
             if lows:
@@ -404,7 +431,8 @@ class Couplets:
                 if script == "traditional":
                     text, lower = to_traditional(text), to_traditional(lower)
                 out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,
-                                           checks=check_pair(text, lower, opts.allow_upper_chars), hengpi=banners))
+                                           checks=check_pair(text, lower, opts.allow_upper_chars, char_forms),
+                                           hengpi=banners))
         return sorted(out, key=lambda c: -c.score)
 
     # --- scoring ----------------------------------------------------------------------------------------------
@@ -479,6 +507,29 @@ def embed_position(position: int | str, length: int, heads: str) -> int:
             raise CoupletInputError(f"{heads[1]} is {names[tone_of(heads[1])]}: it cannot end the 下联, which ends on "
                                     "a level tone (平)")
     return at
+
+
+def _one_per_line(value, count: int, what: str) -> list:
+    """An option given once for all lines, or as a list with one value per line -> one value per line."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count:
+        raise ValueError(f"{len(values)} {what} for {count} 上联")
+    return values
+
+
+@lru_cache(maxsize=4)
+def _same_character_ids(tokenizer: Tokenizer) -> dict[str, tuple[int, ...]]:
+    """Each form of the tokens the decoder may write (the simplified ones, see vocab_tables) -> those tokens'
+    ids: the tokens that are a given character in one script or the other (云 -> 云; 雲 -> 云; 餘 -> 余 and 馀).
+    The forms are script.char_forms', converted in one OpenCC call per script for the whole vocabulary."""
+    chars = [(i, tok) for i, tok in enumerate(tokenizer.tokens) if len(tok) == 1 and is_han(tok)]
+    same: dict[str, list[int]] = {}
+    for (i, tok), simple, trad in zip(chars, each_simplified([t for _, t in chars]),
+                                      each_traditional([t for _, t in chars])):
+        if simple == tok:  # written by the decoder: its forms are itself and its traditional form
+            for form in {tok, trad}:
+                same.setdefault(form, []).append(i)
+    return {form: tuple(ids) for form, ids in same.items()}
 
 
 @lru_cache(maxsize=4)

@@ -21,9 +21,8 @@ line so a seeded request gives the same output whatever else is in the batch; li
 are topped up with more draws) or beam search (the beams are distinct by construction). Lines of any length
 are decoded together: the matmuls take all rows at once, attention runs per run of equal prompt lengths
 (each with its own KV cache: no padding, no mask), so each line computes what it would alone. A line that
-is written leaves the batch (sampling); beams instead write a filler past a shorter line's end, which costs
-nothing in the scores and is cut off, and lines far apart in length go in separate passes (length_spans).
-The prompt is prefilled once per line, then its KV cache is expanded to the candidate rows.
+is written leaves the batch (a sampled row, or all the beams of a line), so a short line costs nothing after
+its end. The prompt is prefilled once per line, then its KV cache is expanded to the candidate rows.
 
 Candidates are ranked by score = mean per-token log-prob (under the constrained distribution) plus
 RULE_WEIGHT × rule score (fraction of rhythm positions whose tones oppose the 上联's).
@@ -35,6 +34,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +50,8 @@ RULE_WEIGHT = 0.5
 RULE_NEUTRAL = 0.5
 """Rule score of a line with no rhythm position where both tones are known."""
 MAX_BATCH_POSITIONS = 4096
-"""Most rows × positions decoded together: bounds the KV cache (about 300 MB for the base model; 256 rows of
-a 7-character couplet, 61 of a 32-character one) and the [rows, vocab] masks."""
-STEP_COST_ROWS = 32
-"""A decoding step's fixed cost (Python, kernel launches, reading the weights), in rows' worth of work: lines
-of different lengths share a pass when padding the shorter ones costs less than another pass's steps."""
+"""Most rows × positions decoded together (each row's prompt and line): bounds the KV cache (about 300 MB for
+the base model; 256 rows of 7-character couplets, 61 of 32-character ones) and the [rows, vocab] masks."""
 MAX_TEMPERATURE = 5.0
 """Highest sampling temperature accepted: at 5 the allowed tokens are already close to equally likely."""
 GREEDY_BELOW = 1e-3
@@ -125,11 +122,22 @@ class LineSpec:
     """Per position: the 上联's tone at rhythm positions (TONE_*), TONE_NONE elsewhere; for the rule score."""
     seed: int | None = None
     """Seeds this line's own generator; None draws from torch's global generator."""
+    temperature: float | None = None
+    """This line's sampling temperature; None: the Search's. Lines with different temperatures, top_k and top_p
+    share a batch (each row samples with its own), but not greedy and sampled lines: see `decode`."""
+    top_k: int | None = None
+    """This line's top-k; None: the Search's."""
+    top_p: float | None = None
+    """This line's top-p; None: the Search's."""
+    wanted: Callable[[], bool] | None = None
+    """Whether the line is still wanted, asked before each decoding step; once it says False the line's rows
+    leave the batch and the line gets no candidates (a server's request whose client has left). None: always."""
 
     def __post_init__(self):
         n = self.length
         if n < 1:
             raise ValueError("a line has at least one position")
+        _check_sampling(self.temperature, self.top_k, self.top_p)
         self.banned_at = self.banned_at if self.banned_at is not None else [-1] * n
         self.rhythm = self.rhythm if self.rhythm is not None else [TONE_NONE] * n
         for name in ("forced", "repeat_of", "banned_at", "rhythm"):
@@ -175,16 +183,55 @@ class Search:
             raise ValueError(f"method must be 'sample' or 'beam', not {self.method!r}")
         if not 1 <= self.n <= 64:
             raise ValueError(f"n must be between 1 and 64, not {self.n}")
-        if not 0 <= self.temperature <= MAX_TEMPERATURE:  # NaN fails both comparisons
-            raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, not {self.temperature}")
         if self.first not in FIRSTS:
             raise ValueError(f"first must be one of {', '.join(FIRSTS)}, not {self.first!r}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), not {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        _check_sampling(self.temperature, self.top_k, self.top_p)
         if not 1 <= self.leads <= LEAD_BEAM:
             raise ValueError(f"leads must be between 1 and {LEAD_BEAM}, not {self.leads}")
+
+
+def _check_sampling(temperature: float | None, top_k: int | None, top_p: float | None) -> None:
+    """ValueError for a sampling option out of range (None: not given)."""
+    if temperature is not None and not 0 <= temperature <= MAX_TEMPERATURE:  # NaN fails both comparisons
+        raise ValueError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, not {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+
+
+@dataclass
+class Sampling:
+    """The sampling options of each row (R rows): lines with different options share a batch, and each row
+    samples exactly as it would alone."""
+
+    temperature: torch.Tensor
+    """[R] float32."""
+    top_k: torch.Tensor
+    """[R] long; 0 = all."""
+    top_p: torch.Tensor
+    """[R] float32; 1 = all."""
+
+    @classmethod
+    def of(cls, specs: list["LineSpec"], search: "Search", device=None) -> "Sampling":
+        """One row per spec: its own options where it has them, else the search's."""
+        def own(name: str) -> list:
+            return [getattr(search, name) if getattr(s, name) is None else getattr(s, name) for s in specs]
+
+        return cls(temperature=torch.tensor(own("temperature"), dtype=torch.float32, device=device),
+                   top_k=torch.tensor(own("top_k"), dtype=torch.long, device=device),
+                   top_p=torch.tensor(own("top_p"), dtype=torch.float32, device=device))
+
+    @classmethod
+    def uniform(cls, search: "Search", rows: int, device=None) -> "Sampling":
+        """`rows` rows with the search's own options."""
+        full = lambda value, dtype: torch.full((rows,), value, dtype=dtype, device=device)  # noqa: E731
+        return cls(full(search.temperature, torch.float32), full(search.top_k, torch.long),
+                   full(search.top_p, torch.float32))
+
+    def take(self, index: torch.Tensor) -> "Sampling":
+        """The options of rows `index` (a line's options for each of its rows, or the live rows')."""
+        return Sampling(self.temperature[index], self.top_k[index], self.top_p[index])
 
 
 @dataclass
@@ -270,21 +317,28 @@ class LeanGPT2:
         x = KVCache(self, [k], [torch.empty_like(k)], [0]).hidden(ids.to(self.device))
         return _layer_norm(x, self.ln_f, self.eps) @ self.full_head.T
 
-    def start(self, prompts: torch.Tensor | list[list[int]], new_tokens: int) -> tuple["KVCache", torch.Tensor]:
+    def start(self, prompts: torch.Tensor | list[list[int]], new_tokens: int | list[int]
+              ) -> tuple["KVCache", torch.Tensor]:
         """Prefill prompts -> (cache with room for new_tokens more per row, logits [B, V']).
 
         prompts: [B, T] ids, or lists of ids of any lengths with equal lengths next to each other. Each run of
         equal lengths is prefilled on its own and keeps its own cache, so a row computes exactly what it
-        would alone (no padding, no attention mask)."""
+        would alone (no padding, no attention mask). new_tokens: one count for all, or one per prompt (a run's
+        cache holds its longest)."""
         groups = _runs(prompts)
-        longest = max(len(g[0]) for g in groups)
-        if longest + new_tokens > self.n_positions:
-            raise ValueError(f"{longest} + {new_tokens} tokens exceed the model's {self.n_positions} positions")
+        room = list(new_tokens) if isinstance(new_tokens, (list, tuple)) else [new_tokens] * sum(map(len, groups))
+        starts = [0]
+        for g in groups:
+            starts.append(starts[-1] + len(g))
+        room = [max(room[a:b]) for a, b in zip(starts, starts[1:])]  # per run
+        longest = max(len(g[0]) + r for g, r in zip(groups, room))
+        if longest > self.n_positions:
+            raise ValueError(f"{longest} tokens exceed the model's {self.n_positions} positions")
         hd = self.d // self.n_head
         ks, vs, logits = [], [], []
-        for g in groups:
+        for g, new in zip(groups, room):
             ids = torch.tensor(g, dtype=torch.long, device=self.device)  # (B_g, T_g)
-            shape = (self.n_layer, len(g), self.n_head, ids.shape[1] + new_tokens, hd)
+            shape = (self.n_layer, len(g), self.n_head, ids.shape[1] + new, hd)
             k = torch.empty(shape, dtype=self.dtype, device=self.device)
             cache = KVCache(self, [k], [torch.empty_like(k)], [0])
             logits.append(cache.forward(ids))
@@ -633,24 +687,39 @@ def rule_scores(rules: Rules, vocab: Vocab, rows: torch.Tensor, out: torch.Tenso
 
 
 # --- search -----------------------------------------------------------------------------------------------------
-def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
+def pick(logits: torch.Tensor, u: torch.Tensor, search: Search, rows: Sampling | None = None) -> torch.Tensor:
     """Sample one token per row from masked log-probs [R, V'] (log_softmax output, -inf = not allowed) with
-    uniforms u [R] in [0, 1).
+    uniforms u [R] in [0, 1), each row with its own temperature, top-k and top-p (`rows`; None: the search's).
 
-    Inverse-CDF sampling: one draw per row keeps seeded rows independent of the rest of the batch.
+    Inverse-CDF sampling: one draw per row keeps seeded rows independent of the rest of the batch. Every step
+    below works row by row, with each row's own options, so a row samples what it would sample alone.
     """
     if search.greedy:
         return logits.argmax(dim=1)
+    if rows is None:
+        rows = Sampling.uniform(search, logits.shape[0], logits.device)
     # The decoder passes log-probs, so at temperature 1 exp() is already the distribution.
-    probs = logits.exp() if search.temperature == 1 else torch.softmax(logits / search.temperature, dim=1)
-    if search.top_k:
-        kth = probs.topk(min(search.top_k, probs.shape[1]), dim=1).values[:, -1:]
-        probs = torch.where(probs >= kth, probs, 0.0)
-    if search.top_p < 1:
-        sorted_p, order = probs.sort(dim=1, descending=True)
-        before = sorted_p.cumsum(1) - sorted_p  # mass of the more likely tokens
-        sorted_p = torch.where(before < search.top_p * sorted_p.sum(1, keepdim=True), sorted_p, 0.0)
-        probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+    one = rows.temperature == 1
+    if bool(one.all()):
+        probs = logits.exp()
+    else:
+        probs = torch.softmax(logits / rows.temperature[:, None], dim=1)
+        if bool(one.any()):
+            probs[one] = logits[one].exp()
+    # top-k: each row with one keeps its k likeliest tokens (ties included); one topk per distinct k, as a
+    # small k costs much less than the largest.
+    with_k = (rows.top_k > 0).nonzero()[:, 0]
+    for k in rows.top_k[with_k].unique().tolist():
+        r = with_k[rows.top_k[with_k] == k]
+        kept = probs[r]
+        kth = kept.topk(min(k, probs.shape[1]), dim=1).values[:, -1:]
+        probs[r] = torch.where(kept >= kth, kept, 0.0)
+    # top-p: the likeliest tokens until their mass reaches top_p. Rows that top-k has left with few tokens sort
+    # only those (the rest are zeros, which sort last), the others their whole distribution.
+    nucleus = rows.top_p < 1
+    for r in ((nucleus & (rows.top_k > 0)).nonzero()[:, 0], (nucleus & (rows.top_k == 0)).nonzero()[:, 0]):
+        if r.numel():
+            probs[r] = _nucleus(probs[r], rows.top_p[r])
     cdf = probs.cumsum(dim=1)
     x = (u.to(cdf) * cdf[:, -1])[:, None]
     token = torch.searchsorted(cdf, x, right=True)[:, 0].clamp(max=probs.shape[1] - 1)
@@ -659,102 +728,168 @@ def pick(logits: torch.Tensor, u: torch.Tensor, search: Search) -> torch.Tensor:
     return torch.where(bad, logits.argmax(dim=1), token) if bool(bad.any()) else token
 
 
+def _nucleus(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """probs [R, V] with each row cut to its nucleus: its likeliest tokens, in order, while the mass before each
+    is below top_p [R] of the row's total (the token that reaches it included), the others 0.
+
+    Computed as a full descending sort would compute it (the same cumulative sums, and the total summed over
+    the whole sorted row) but sorting only the nonzero head when it is short: after top-k, a row holds k
+    tokens, and sorting thousands of zeros cost more than the model's step for the row."""
+    R, V = probs.shape
+    width = int((probs > 0).sum(1).max())
+    head, order = probs.topk(width, dim=1) if 4 * width < V else _sort_descending(probs)  # (R, width) descending
+    before = head.cumsum(1) - head  # mass of the more likely tokens
+    mass = top_p[:, None] * F.pad(head, (0, V - head.shape[1])).sum(1, keepdim=True)  # summed as the whole row
+    return torch.zeros_like(probs).scatter_(1, order, torch.where(before < mass, head, 0.0))
+
+
+def _sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs [R, V] (>= 0) sorted in each row, largest first, ties by index -> (values, indices).
+
+    The values are exactly those of probs.sort(dim=1, descending=True), but top-p sorts every sampled row's whole
+    distribution at every step, and torch's row-wise float sort costs more than the model's own work for that
+    row. A non-negative float's bits order like the float, so one int64 key per element (row, then value
+    descending, then index) sorts the whole batch in a single 1-D stable sort, which torch does by radix sort:
+    2-3x faster for 5-80 rows of 7,000 tokens."""
+    R, V = probs.shape
+    index_bits = max(1, (V - 1).bit_length())
+    value = (~probs.contiguous().view(torch.int32)).to(torch.int64) + (1 << 31)  # larger value: smaller key
+    key = (torch.arange(R, device=probs.device)[:, None] << (31 + index_bits)) | (value << index_bits) \
+        | torch.arange(V, device=probs.device)
+    order = key.view(-1).sort(stable=True).values.view(R, V) & ((1 << index_bits) - 1)
+    return probs.gather(1, order), order
+
+
 def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
     """Write candidates for each spec -> per spec, up to search.n distinct hypotheses, best first.
 
-    net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length).
+    net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length). Lines may
+    sample with options of their own (LineSpec.temperature, top_k, top_p), but greedy and sampled lines change
+    the search's shape (one row per line, no lead beam), so a line's temperature must be greedy exactly when
+    the search's is. A line no longer `wanted` is left out, or leaves its pass at the next step; it gets [].
     """
+    if search.method == "sample":
+        for s in specs:
+            if s.temperature is not None and (s.temperature < GREEDY_BELOW) != search.greedy:
+                raise ValueError(f"a line's temperature {s.temperature} and the search's {search.temperature} are "
+                                 f"not both greedy (below {GREEDY_BELOW:g}) or both sampled: decode them apart")
     if search.method == "sample" and search.first == "beam" and not search.greedy:
         return _beam_then_samples(net, vocab, specs, search)
     results: list[list[Hypothesis]] = [[] for _ in specs]
-    rows_per_line = 1 if search.greedy else search.n
-    chunks: list[list[int]] = []
-    # Sampling drops a line's rows once it is written, so one pass costs no more than the lines' own steps:
-    # all lengths go together. Beams keep every row to the end, so lines far apart in length are split.
-    spans = [sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))] \
-        if search.method == "sample" else length_spans(specs, rows_per_line)
-    for span in spans:
-        # Each batch is bounded by rows x positions (MAX_BATCH_POSITIONS).
-        width = 0  # prompt + line positions of the current chunk
-        for n, i in enumerate(span):
-            need = len(specs[i].prompt) + specs[i].length
-            if n and (len(chunks[-1]) + 1) * rows_per_line * max(width, need) <= MAX_BATCH_POSITIONS:
-                chunks[-1].append(i)
-                width = max(width, need)
-            else:
-                chunks.append([i])
-                width = need
     device = vocab.ids.device
     run = _beam if search.method == "beam" else _sample
     with torch.inference_mode():
-        for chunk in chunks:
-            chunk = sorted(chunk, key=lambda i: len(specs[i].prompt))  # equal prompt lengths together
+        for chunk in _chunks(specs, 1 if search.greedy else search.n):
             for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device)):
-                results[i] = hyps
+                results[i] = hyps if _wanted(specs[i]) else []
     return results
+
+
+def _chunks(specs: list[LineSpec], rows_per_line: int):
+    """The lines still wanted (indices into specs), in chunks to decode together, each sorted by prompt length
+    (equal lengths next to each other, as LeanGPT2.start wants them).
+
+    A line's rows leave the batch once it is written (samples and beams alike), so one pass costs no more than
+    the lines' own steps: all lengths go together, in chunks bounded by the KV cache they allocate,
+    MAX_BATCH_POSITIONS rows x positions (each run of equal prompt lengths: its prompt and its longest line).
+    A chunk's lines are checked again just before it is yielded: one withdrawn meanwhile is left out."""
+    chunks: list[list[int]] = []
+    runs: dict[int, int] = {}  # prompt length -> the longest line among the current chunk's
+    lines: dict[int, int] = {}  # prompt length -> the current chunk's lines of that prompt length
+    size = 0  # positions the current chunk allocates
+    kept = [i for i, s in enumerate(specs) if _wanted(s)]  # a line withdrawn already is never decoded
+    for i in sorted(kept, key=lambda i: (specs[i].length, len(specs[i].prompt))):
+        p, length = len(specs[i].prompt), specs[i].length
+        grown = size - lines.get(p, 0) * rows_per_line * (p + runs.get(p, 0)) \
+            + (lines.get(p, 0) + 1) * rows_per_line * (p + max(length, runs.get(p, 0)))
+        if chunks and grown <= MAX_BATCH_POSITIONS:
+            chunks[-1].append(i)
+        else:
+            chunks.append([i])
+            runs, lines = {}, {}
+            grown = rows_per_line * (p + length)
+        runs[p], lines[p], size = max(length, runs.get(p, 0)), lines.get(p, 0) + 1, grown
+    for chunk in chunks:
+        chunk = sorted((i for i in chunk if _wanted(specs[i])), key=lambda i: len(specs[i].prompt))
+        if chunk:
+            yield chunk
+
+
+def _wanted(spec: LineSpec) -> bool:
+    return spec.wanted is None or bool(spec.wanted())
+
+
+def _withdrawn(specs: list[LineSpec]) -> Callable[[], list[int]] | None:
+    """A check for _write: the lines (indices into specs) no longer wanted; None when no line can be withdrawn."""
+    asks = [(b, s.wanted) for b, s in enumerate(specs) if s.wanted is not None]
+    if not asks:
+        return None
+    return lambda: [b for b, wanted in asks if not wanted()]
 
 
 def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
     """Search(first="beam"): per line, the best `search.leads` lines of a LEAD_BEAM-wide beam search, then up to
-    n - 1 samples that differ from them, best first (n - 1 are kept after dropping repeats of the leads)."""
-    leads = decode(net, vocab, specs, Search(method="beam", n=LEAD_BEAM))
-    samples = decode(net, vocab, specs, replace(search, first="sample")) if search.n > 1 else [[] for _ in specs]
-    out = []
-    for lead, rest in zip(leads, samples):
-        head = lead[:search.leads]
-        seen = {tuple(h.tokens) for h in head}
-        tail = [h for h in rest if tuple(h.tokens) not in seen]
-        out.append(head + tail[:search.n - 1 if search.leads > 1 else search.n - len(head)])
+    n - 1 samples that differ from them, best first (n are drawn, so repeats of the leads still leave n - 1). Both
+    searches start from one prefill of each chunk's prompts."""
+    lead_search, sample_search = Search(method="beam", n=LEAD_BEAM), replace(search, first="sample")
+    out: list[list[Hypothesis]] = [[] for _ in specs]
+    device = vocab.ids.device
+    with torch.inference_mode():
+        for chunk in _chunks(specs, max(LEAD_BEAM, search.n)):
+            lines = [specs[i] for i in chunk]
+            start = _start(net, lines)  # each search expands it to its own rows (a copy): it stays as prefilled
+            leads = _beam(net, vocab, lines, lead_search, device, start)
+            samples = _sample(net, vocab, lines, sample_search, device, start) if search.n > 1 else [[]] * len(lines)
+            for i, lead, rest in zip(chunk, leads, samples):
+                head = lead[:search.leads]
+                if _wanted(specs[i]):
+                    seen = {tuple(h.tokens) for h in head}
+                    tail = [h for h in rest if tuple(h.tokens) not in seen]
+                    out[i] = head + tail[:search.n - 1 if search.leads > 1 else search.n - len(head)]
     return out
 
 
-def length_spans(specs: list[LineSpec], rows_per_line: int) -> list[list[int]]:
-    """Split the lines (indices into specs) into runs of nearby lengths to decode together.
-
-    One pass over lines of many lengths takes as many steps as the longest, so short lines pay for padding;
-    separate passes pay each step's fixed cost again. With lines sorted by length, the split minimises
-    sum over passes of steps x (rows + STEP_COST_ROWS), by dynamic programming over the distinct lengths.
-    """
-    order = sorted(range(len(specs)), key=lambda i: (specs[i].length, len(specs[i].prompt)))
-    lengths = sorted({specs[i].length for i in order})
-    rows = [rows_per_line * sum(1 for s in specs if s.length == n) for n in lengths]
-    best = [0.0] + [math.inf] * len(lengths)  # best[j]: cost of the lengths[:j]
-    cut = [0] * (len(lengths) + 1)
-    for j in range(1, len(lengths) + 1):
-        for i in range(j):
-            cost = best[i] + lengths[j - 1] * (sum(rows[i:j]) + STEP_COST_ROWS)
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    bounds, j = [], len(lengths)
-    while j:
-        bounds.append((lengths[cut[j]], lengths[j - 1]))
-        j = cut[j]
-    return [[i for i in order if lo <= specs[i].length <= hi] for lo, hi in reversed(bounds)]
-
-
 def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose,
-           drop_finished: bool = False):
+           drop_finished: bool = False, withdrawn: Callable[[], list[int]] | None = None):
     """The decoding loop shared by sampling and beam search.
 
     choose(t, logp [R_t, V'], live [R_t]) -> (parent or None, token [R_t]) for the live rows (global indices
-    `live`); parent reorders the rows (beams) first. drop_finished (sampling): a row leaves the batch once its
-    line is written, so shorter lines cost nothing after their end. Otherwise a shorter line's rows write
-    fillers to the end. Returns out [R, L], the tokens written (sub-vocabulary indices).
+    `live`); parent (local indices into the live rows) reorders them (beams, within each line) first.
+    drop_finished: a row leaves the batch once its line is written, so shorter lines cost nothing after their
+    end (otherwise a shorter line's rows write fillers to the end, and need the cache room for them).
+    withdrawn() -> the lines (indices into `rules`) no longer wanted: asked before each step, their rows leave
+    the batch (what they wrote is left unfinished), and the pass ends with the longest line left. Returns
+    out [R, L], the tokens written (sub-vocabulary indices).
     """
     R = rows.numel()
     out = torch.zeros(R, length, dtype=torch.long, device=rows.device)
     live = torch.arange(R, device=rows.device)  # rows still in the batch
     row_len = rules.lengths[rows]
+    end = length  # the longest line still in the batch
     for t in range(length):
+        gone = withdrawn() if withdrawn is not None else None
+        if gone:
+            keep = ~torch.isin(rows[live], torch.tensor(gone, device=rows.device))
+            if not bool(keep.all()):
+                keep = keep.nonzero()[:, 0]
+                state, live, logits = state.select(keep), live[keep], logits[keep]
+                if not live.numel():
+                    break
+                end = int(row_len[live].max())
+        if t >= end:  # the lines left are written (beams' fillers past a line's end are cut off anyway)
+            break
         whole = live.numel() == R
         allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, out if whole else out[live])
         logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R_t, V')
         parent, token = choose(t, logp, live)
-        if parent is not None:  # beams: every row stays live
-            out = out[parent]
+        if parent is not None:  # beams: the rows of each line are reordered among themselves
+            if whole:
+                out = out[parent]
+            else:
+                out[live] = out[live[parent]]
             state = state.select(parent)
         out[live, t] = token
-        if t + 1 < length:
+        if t + 1 < end:
             if drop_finished:
                 keep = row_len[live] > t + 1
                 if not bool(keep.all()):
@@ -767,20 +902,27 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
 
 
 def _start(net, specs: list[LineSpec]):
-    """Prefill the prompts (specs come sorted by prompt length) -> (state, logits [B, V'])."""
-    return net.start([s.prompt for s in specs], max(s.length for s in specs))
+    """Prefill the prompts (specs come sorted by prompt length) -> (state, logits [B, V']), each with room for its
+    own line (rows leave the batch at their line's end)."""
+    return net.start([s.prompt for s in specs], [s.length for s in specs])
 
 
-def _sample(net, vocab, specs, search, device):
+def _sample(net, vocab, specs, search, device, start=None):
+    """Sampled candidates for each spec; `start`: its prompts already prefilled (_start), else prefilled here."""
     B, L = len(specs), max(s.length for s in specs)
     rules = Rules.build(specs, vocab).to(device)
-    state0, logits0 = _start(net, specs)
+    state0, logits0 = start or _start(net, specs)
     gens = [torch.Generator().manual_seed(s.seed) if s.seed is not None else None for s in specs]
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     greedy = search.greedy
     want = 1 if greedy else search.n
     counts = [want] * B
+    options = Sampling.of(specs, search, device)  # (B,) each line's temperature, top-k, top-p
+    withdrawn = _withdrawn(specs)
     for round_ in range(1 if greedy else SAMPLE_ROUNDS):
+        if withdrawn is not None:
+            for b in withdrawn():
+                counts[b] = 0
         if not any(counts):
             break
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor(counts)).to(device)
@@ -791,24 +933,29 @@ def _sample(net, vocab, specs, search, device):
         argmax_row = torch.zeros(rows.numel(), dtype=torch.bool, device=device)  # (R,) rows written greedily
         if search.first == "greedy" and round_ == 0:
             argmax_row[torch.tensor([0] + counts[:-1]).cumsum(0).to(device)] = True  # each line's first row
+        row_options = options.take(rows)
 
         def choose(t, logp, live):
-            token = pick(logp, u[live, t], search)
+            token = pick(logp, u[live, t], search, row_options.take(live))
             token = torch.where(argmax_row[live], logp.argmax(dim=1), token)
             logp_sum.index_add_(0, live, logp.gather(1, token[:, None])[:, 0])
             return None, token
 
         out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose,
-                     drop_finished=True)
-        _collect(found, rows, out, logp_sum / rules.lengths[rows], rules, vocab)
+                     drop_finished=True, withdrawn=withdrawn)
+        done = torch.ones_like(rows, dtype=torch.bool)
+        if withdrawn is not None:  # rows of lines withdrawn while they were written are unfinished
+            done = ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
+        _collect(found, rows[done], out[done], (logp_sum / rules.lengths[rows])[done], rules, vocab)
         counts = [0 if len(f) >= want else 2 * (want - len(f)) for f in found]
     return [sorted(f.values(), key=lambda h: -h.score)[:want] for f in found]
 
 
-def _beam(net, vocab, specs, search, device):
+def _beam(net, vocab, specs, search, device, start=None):
+    """Beam search's candidates for each spec; `start`: its prompts already prefilled (_start), else here."""
     B, L, W = len(specs), max(s.length for s in specs), search.n
     rules = Rules.build(specs, vocab).to(device)
-    state, logits = _start(net, specs)
+    state, logits = start or _start(net, specs)
     rows = torch.arange(B, device=device).repeat_interleave(W)  # (B*W,) line of each beam row
     # All beams start as the same empty line; only the first is alive so the first step fans out.
     beam = torch.full((B, W), -math.inf, device=device)
@@ -816,15 +963,21 @@ def _beam(net, vocab, specs, search, device):
     first_row = torch.arange(B, device=device)[:, None] * W
 
     def choose(t, logp, live):
-        nonlocal beam
         V = logp.shape[1]
-        total = (beam.view(-1, 1) + logp).view(B, W * V)
-        beam, flat = total.topk(W, dim=1)  # (B, W)
-        return (first_row + flat // V).view(-1), (flat % V).view(-1)
+        lines = live[::W] // W  # the lines still in the batch (a line's W rows stay together, in order)
+        total = (beam[lines].view(-1, 1) + logp).view(len(lines), W * V)
+        beam[lines], flat = total.topk(W, dim=1)  # (B_t, W)
+        return (first_row[:len(lines)] + flat // V).view(-1), (flat % V).view(-1)
 
-    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose)
+    withdrawn = _withdrawn(specs)
+    # A written line's beams leave the batch: past its end they would only write fillers, which add nothing to
+    # their scores.
+    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose,
+                 drop_finished=True, withdrawn=withdrawn)
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     alive = torch.isfinite(beam.view(-1))
+    if withdrawn is not None:  # a withdrawn line's beams are unfinished
+        alive &= ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
     _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab)
     return [sorted(f.values(), key=lambda h: -h.score)[:W] for f in found]
 

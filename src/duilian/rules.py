@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Collection
 
 from .text import PUNCTUATION, clauses, is_han
 
@@ -119,21 +120,25 @@ class FormChecks:
         return {**asdict(self), "valid": self.valid}
 
 
-def check_pair(upper: str, lower: str, allow_upper_chars: bool = False) -> FormChecks:
+def check_pair(upper: str, lower: str, allow_upper_chars: bool = False,
+               forms: Callable[[str], Collection[str]] | None = None) -> FormChecks:
     """Check `lower` against `upper` (both already normalised).
 
     no_copy: no Han character of the 上联 at the same position in the 下联, and (unless
     `allow_upper_chars`) none anywhere in the 下联. Punctuation is not a copy: it must match.
+    forms: a character's forms in every script (script.char_forms), for lines in two scripts: a 下联
+    character copies a 上联 character when their forms meet (云 copies 雲). None: characters as they are.
     """
+    forms = forms or (lambda ch: (ch,))
     same_length = len(upper) == len(lower)
     punctuation_aligned = same_length and all(
         (u in PUNCTUATION or l in PUNCTUATION) <= (u == l) for u, l in zip(upper, lower)
     )
     repeats_mirrored = same_length and repeat_pattern(upper) == repeat_pattern(lower)
-    upper_han = {ch for ch in upper if is_han(ch)}
-    no_copy = not any(is_han(l) and l == u for u, l in zip(upper, lower))
+    upper_forms = {form for ch in upper if is_han(ch) for form in forms(ch)}
+    no_copy = not any(is_han(l) and not set(forms(l)).isdisjoint(forms(u)) for u, l in zip(upper, lower))
     if not allow_upper_chars:
-        no_copy = no_copy and not any(ch in upper_han for ch in lower)
+        no_copy = no_copy and not any(is_han(ch) and not upper_forms.isdisjoint(forms(ch)) for ch in lower)
     u_last, l_last = last_han(upper), last_han(lower)
     ends_level = None
     if u_last and tone_of(u_last) == OBLIQUE:

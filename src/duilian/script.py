@@ -76,6 +76,26 @@ def to_traditional(text: str) -> str:
     return out if repeat_pattern(out) == repeat_pattern(text) else text  # (发發: both are already 發)
 
 
+def to_simplified_apart(text: str) -> str:
+    """to_simplified, with the same positions repeating as in `text`. Simplifying merges characters (雲 and 云
+    are both 云, 後 and 后 both 后), so a line that holds two characters of one simplified form would show a
+    重字 the user never wrote; those characters stay as typed (天高雲淡人云亦云 -> 天高雲淡人云亦云, 風雲 -> 风云)."""
+    out = to_simplified(text)
+    typed: dict[str, set[str]] = {}  # simplified form -> the characters typed for it
+    for ch, simple in zip(text, out):
+        typed.setdefault(simple, set()).add(ch)
+    out = "".join(ch if len(typed[simple]) > 1 else simple for ch, simple in zip(text, out))
+    return out if repeat_pattern(out) == repeat_pattern(text) else text
+
+
+@lru_cache(maxsize=65536)
+def char_forms(ch: str) -> frozenset[str]:
+    """One character in both scripts, each converted on its own: itself, its simplified and its traditional
+    form (雲 -> 雲 云; 干 -> 干 幹; 乾 -> 乾 干). Two characters whose forms meet are the same character in one
+    script or the other, so a 下联 that holds one in the other's place copies it (rules.check_pair's `forms`)."""
+    return frozenset((ch, _convert_char(ch, _TO_SIMPLIFIED), _convert_char(ch, (_TO_TRADITIONAL,))))
+
+
 def each_simplified(chars: list[str]) -> list[str]:
     """to_simplified of each single character, in one OpenCC call per config (a vocabulary's thousands of
     characters in ~0.05 s instead of ~1 s one by one). A newline between characters keeps phrase rules,

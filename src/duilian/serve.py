@@ -5,19 +5,26 @@
              `max_chars`, every character in its vocabulary); anything wrong is a 4xx {"error": reason}.
     predict  requests that arrive together are decoded together: the `MicroBatcher` collects up to
              `max_batch` requests (for at most `batch_wait_ms`, less once none has come for
-             `batch_gap_ms`), groups those with the same options (seeds may differ: one per row)
-             and runs one `Couplets.complete_batch` per group in a single worker thread, so the event loop keeps accepting requests while the
-             model works. The API promises batch independence, so a request
-             with a seed gets the same answer alone or batched.
-             A job whose client disconnects before its answer is withdrawn (never decoded if it has not
-             started), and one request may ask for at most MAX_DECODE_WORK characters of decoding.
+             `batch_gap_ms`; taking turns between clients when more wait), groups those whose search has
+             the same shape (`batch_key`: seed, temperature, top-k and top-p may differ row by row) and
+             runs one `Couplets.complete_batch` per group in a single worker thread, so the event loop
+             keeps accepting requests while the model works. The API promises batch independence, so a
+             request with a seed gets the same answer alone or batched.
+             A request whose client disconnects (or that times out) is withdrawn: left out if its group
+             has not started, dropped from the model call at the next decoding step if it has. One
+             request may ask for at most MAX_DECODE_WORK characters of decoding, and one client may have
+             at most `max_queue_per_client` requests waiting.
     encode   candidates become JSON with their scores and form checks (`Candidate.to_dict`); a candidate
              with a score that is not finite is left out, and the response refuses to write NaN or
              infinity rather than send `null` beside `valid: true`.
 
 Connections are bounded too (`uvicorn_config`, which `duilian serve` runs): a client has READ_TIMEOUT_S to
-send a request's headers and again its body (then 408 and the connection closes), at most MAX_CONNECTIONS
-are open at once (more get a 503 and are closed), and idle keep-alive connections close after KEEP_ALIVE_S.
+send a request's headers and again its body (then 408 and the connection closes), its request line and
+headers may hold MAX_HEADER_BYTES however they arrive (then 431), at most MAX_CONNECTIONS are open at once
+and MAX_CONNECTIONS_PER_CLIENT from one address (more get a 503 and are closed), and idle keep-alive
+connections close after KEEP_ALIVE_S. The client is the address the server sees; behind a reverse proxy,
+`trusted_proxies` makes it the one the proxy forwards. Every error, even one uvicorn's parser raises before
+the app sees the request, is JSON with the security headers; HEAD is answered wherever GET is.
 
 Everything the server sends is same-origin: the page, its script and style and the /docs page live in
 duilian/static/, and a Content-Security-Policy forbids the browser from fetching anything else.
@@ -29,6 +36,8 @@ import asyncio
 import collections
 import contextlib
 import concurrent.futures
+import inspect
+import ipaddress
 import json
 import math
 from dataclasses import dataclass
@@ -59,6 +68,10 @@ couplet request fits (MAX_N x MAX_CHARS = 320); a 藏头 couplet of 16 character
 藏头 couplet x 10, a whole second, is refused)."""
 REQUEST_TIMEOUT_S = 30.0  # from arrival to answer, queueing included; then 504
 MAX_QUEUE = 1024  # requests waiting for the model; beyond this, 503 at once rather than a slow 504
+MAX_QUEUE_PER_CLIENT = 64
+"""Requests one client may have waiting for an answer (queued or being decoded); more get a 503. Without a proxy
+MAX_CONNECTIONS_PER_CLIENT bounds them already (a connection carries one request at a time); behind a trusted
+proxy (ServeConfig.trusted_proxies) this is what keeps one client from filling the queue."""
 MAX_TOP_K = 1000
 MAX_SEED = 2**63 - 1
 MIN_ACROSTIC_LENGTH, MAX_ACROSTIC_LENGTH = 2, MAX_CHARS  # characters per line of a 藏头 couplet, as the API allows
@@ -67,7 +80,17 @@ MIN_ACROSTIC_LENGTH, MAX_ACROSTIC_LENGTH = 2, MAX_CHARS  # characters per line o
 READ_TIMEOUT_S = 10.0  # to send a request's headers (from connecting, or its first byte), and again its body; then 408
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds (uvicorn's default)
 MAX_CONNECTIONS = 512  # open at once (a file descriptor each); more are answered 503 and closed
+MAX_CONNECTIONS_PER_CLIENT = 64
+"""Connections one client address may hold open (an IPv6 client: its /64); more are answered 503 and closed, so
+one host cannot take the MAX_CONNECTIONS that everyone shares. 64 is twice benchmarks/bench_serve.py's 32
+clients from one address. A trusted proxy's own address is not capped: it carries many clients."""
 MAX_HEADER_BYTES = 16 * 1024  # request line and headers (h11's default); more is a 431 and the connection closes
+HALF_CLOSE_PROBE_S = 0.1
+"""A client that half-closes after sending (shutdown(SHUT_WR)) still gets its answer, but the server cannot tell
+that from a client that closed and left: both send the same FIN. While such a request waits, the server writes
+an interim `100 Continue` (which HTTP/1.1 clients skip): at once, again a tenth of this later (a nearby client
+that has gone has answered the first with a reset by then), then this often. Once a write fails, the request
+is withdrawn as if its client had disconnected."""
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -106,6 +129,15 @@ class ServeConfig:
     connection (a slow or stalled client would otherwise hold its connection for ever)."""
     max_connections: int = MAX_CONNECTIONS
     """Connections open at once; a connection beyond them gets a 503 and is closed."""
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
+    """Connections open at once from one client address (IPv6: one /64); more get a 503 and are closed."""
+    max_queue_per_client: int = MAX_QUEUE_PER_CLIENT
+    """Requests one client may have waiting for an answer; more get a 503."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of reverse proxies in front of the server. A request through one is counted
+    against the client its X-Forwarded-For names (uvicorn's proxy_headers), and the proxy's own connections are
+    not capped per client. Empty (the default): every limit reads the address the server sees, and
+    X-Forwarded-For is ignored (anyone could send one)."""
     device: str = "cpu"
     """torch device for the model when `create_app` loads it from a directory."""
     quantize: str | None = None
@@ -125,6 +157,15 @@ class ServeConfig:
             raise ValueError(f"read_timeout_s must be > 0, got {self.read_timeout_s}")
         if self.max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if self.max_connections_per_client < 1 or self.max_queue_per_client < 1:
+            raise ValueError("max_connections_per_client and max_queue_per_client must be >= 1, got "
+                             f"{self.max_connections_per_client}, {self.max_queue_per_client}")
+        self.trusted_proxies = tuple(self.trusted_proxies)
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {proxy!r} is not an IP address or network") from None
 
 
 # --- request bodies (decode) ------------------------------------------------------------------------
@@ -184,21 +225,32 @@ class _Job:
     key: tuple  # jobs with equal keys can share one model call
     item: Any  # what the model call needs for this request (a 上联, or acrostic arguments)
     future: asyncio.Future
+    client: str | None = None  # who asked (client_key), for the per-client limit and fair batches
+    withdrawn: bool = False
+    """Set on the event loop when the request stops waiting (its client left, or it timed out); the model
+    thread reads it between decoding steps (wanted), so a bool that is only ever set to True is enough."""
+
+    def wanted(self) -> bool:
+        return not self.withdrawn
 
 
 class MicroBatcher:
     """Collects concurrent requests and runs them in groups on one worker thread (see `_collect` for when
-    a batch closes).
+    a batch closes, and which requests it takes when more are queued than fit).
 
     `run_group(key, items) -> results` is called with the items of jobs sharing `key` (in arrival
     order) and returns one result per item; a result that is an Exception is raised to that request
-    only. The single worker thread means the model is never used by two threads at once.
+    only. With `pass_wanted`, it is called as run_group(key, items, wanted): wanted[i]() turns False once
+    item i's request is withdrawn, for a model call to drop it between decoding steps. The single worker
+    thread means the model is never used by two threads at once.
     """
 
-    def __init__(self, run_group: Callable[[tuple, list], list], max_batch: int, wait_s: float, max_queue: int,
-                 gap_s: float | None = None):
+    def __init__(self, run_group: Callable[..., list], max_batch: int, wait_s: float, max_queue: int,
+                 gap_s: float | None = None, max_per_client: int | None = None, pass_wanted: bool = False):
         self.run_group, self.max_batch, self.wait_s, self.max_queue = run_group, max_batch, wait_s, max_queue
         self.gap_s = wait_s if gap_s is None else gap_s
+        self.max_per_client, self.pass_wanted = max_per_client, pass_wanted
+        self._pending: collections.Counter[str | None] = collections.Counter()  # per client: submitted, unanswered
         self._last_arrival = float("-inf")
         self.batches_run = 0  # model calls made, and the requests they answered; for /healthz
         self.requests_run = 0
@@ -224,17 +276,27 @@ class MicroBatcher:
         """Requests queued for the model (not yet in a model call)."""
         return len(self._queue) if self._executor is not None else 0
 
+    @property
+    def unanswered(self) -> int:
+        """Requests submitted and not yet answered or withdrawn: queued, or in a model call."""
+        return sum(self._pending.values())
+
     async def submit(self, key: tuple, item: Any, timeout_s: float,
-                     client_gone: Callable[[], Awaitable[None]] | None = None) -> Any:
-        """The result `run_group` gives for `item`. ServiceError 503 when `max_queue` requests are waiting,
-        504 after `timeout_s`, and 499 once `client_gone()` (an awaitable that finishes when the client has
-        disconnected) finishes first. A job that is not answered is withdrawn: never run if it has not
-        started, its result dropped if it has (a model call is never interrupted)."""
+                     client_gone: Callable[[], Awaitable[None]] | None = None, client: str | None = None) -> Any:
+        """The result `run_group` gives for `item`. ServiceError 503 when `max_queue` requests are waiting, or
+        `max_per_client` of this `client`'s are unanswered (None: not known, not counted); 504 after
+        `timeout_s`, and 499 once `client_gone()` (an awaitable that finishes when the client has disconnected)
+        finishes first. A job that is not answered is withdrawn: never run if it has not started, dropped from
+        its model call at the next decoding step if the call takes `wanted` (else its result is dropped)."""
         self._ensure_running()
         if len(self._queue) >= self.max_queue:
             raise ServiceError(503, f"the server is busy ({self.max_queue} requests waiting); try again shortly")
-        job = _Job(key, item, self._loop.create_future())
+        if self.max_per_client is not None and client is not None and self._pending[client] >= self.max_per_client:
+            raise ServiceError(503, f"this client already has {self._pending[client]} requests waiting (the limit "
+                                    "per client); wait for their answers")
+        job = _Job(key, item, self._loop.create_future(), client)
         self._queue.append(job)
+        self._pending[client] += 1
         self._last_arrival = self._loop.time()
         self._arrived.set()
         watcher = asyncio.ensure_future(client_gone()) if client_gone is not None else None
@@ -242,12 +304,16 @@ class MicroBatcher:
             done, _ = await asyncio.wait([job.future] if watcher is None else [job.future, watcher],
                                          timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when this request itself is cancelled
+            self._pending[client] -= 1
+            if not self._pending[client]:
+                del self._pending[client]
             if watcher is not None:
                 watcher.cancel()
                 if watcher.done() and not watcher.cancelled():
                     watcher.exception()  # retrieved: whatever it was, the client is treated as gone
             if not job.future.done():
-                job.future.cancel()  # the worker skips a cancelled job, and drops its result if it is running
+                job.withdrawn = True  # a running model call drops it at its next step
+                job.future.cancel()  # the worker skips a cancelled job
                 with contextlib.suppress(ValueError):
                     self._queue.remove(job)  # so that it no longer counts against max_queue
         if not job.future.cancelled():
@@ -274,8 +340,7 @@ class MicroBatcher:
         start = self._loop.time()
         jobs: list[_Job] = []
         while True:
-            while self._queue and len(jobs) < self.max_batch:
-                jobs.append(self._queue.popleft())
+            jobs += self._take(self.max_batch - len(jobs))
             deadline = min(start + self.wait_s, max(start, self._last_arrival) + self.gap_s)
             remaining = deadline - self._loop.time()
             if len(jobs) >= self.max_batch or remaining <= 0:
@@ -286,17 +351,42 @@ class MicroBatcher:
             except asyncio.TimeoutError:
                 pass
 
+    def _take(self, room: int) -> list[_Job]:
+        """Up to `room` jobs off the queue. When they all fit, all of them in arrival order; otherwise in rounds
+        across clients (each client's first queued job, then each one's second, ...), so that one client's many
+        requests cannot keep another's out of the batch."""
+        if len(self._queue) <= room:
+            taken = list(self._queue)
+            self._queue.clear()
+            return taken
+        if room <= 0:
+            return []
+        rank, seen = [], collections.Counter()
+        for i, job in enumerate(self._queue):  # round of each job: how many of its client's came before it
+            rank.append((seen[job.client], i))
+            seen[job.client] += 1
+        chosen = {i for _, i in sorted(rank)[:room]}
+        taken = [job for i, job in enumerate(self._queue) if i in chosen]
+        self._queue = collections.deque(job for i, job in enumerate(self._queue) if i not in chosen)
+        return taken
+
     async def _worker(self) -> None:
         while True:
             jobs = await self._collect()
             groups: dict[tuple, list[_Job]] = {}
             for job in jobs:
-                if not job.future.done():  # timed out while queued
-                    groups.setdefault(job.key, []).append(job)
+                groups.setdefault(job.key, []).append(job)
             for key, group in groups.items():
+                # Just before the model call: leave out requests withdrawn meanwhile (timed out, or their clients
+                # left while the batch gathered or earlier groups ran).
+                group = [job for job in group if not job.future.done()]
+                if not group:
+                    continue
+                args = (key, [job.item for job in group])
+                if self.pass_wanted:
+                    args += ([job.wanted for job in group],)
                 try:
-                    results = await self._loop.run_in_executor(
-                        self._executor, self.run_group, key, [job.item for job in group])
+                    results = await self._loop.run_in_executor(self._executor, self.run_group, *args)
                     self.batches_run += 1
                     self.requests_run += len(group)
                     self.recent_sizes.append(len(group))
@@ -321,22 +411,63 @@ class MicroBatcher:
         self._task, self._executor = None, None
 
 
-def _make_run_group(couplets) -> Callable[[tuple, list], list]:
-    """The model side of the batcher: one `complete_batch` per group of 上联 sharing options."""
+SAMPLING_OPTIONS = ("seed", "temperature", "top_k", "top_p")
+"""Options that may differ row by row within one model call (Couplets.complete_batch takes one per 上联). The
+others change the shape of the search (method, n, first, greedy or not) or how every line is read and
+answered (script, allow_upper_chars, hengpi), so requests share a call only when those are equal."""
 
-    def run_group(key: tuple, items: list) -> list:
-        kind, options = key[0], dict(key[1:])
+
+def batch_key(kind: str, options: dict) -> tuple[tuple, dict]:
+    """A request's decoder options -> (the key of the requests it may share a model call with, its own
+    SAMPLING_OPTIONS). Sampled and greedy requests (temperature below decode.GREEDY_BELOW) differ in shape; beam
+    search ignores the sampling options, so beam requests share a call whatever they are."""
+    own = {name: options[name] for name in SAMPLING_OPTIONS}
+    shape = {name: value for name, value in options.items() if name not in SAMPLING_OPTIONS}
+    greedy = options["method"] == "sample" and options["temperature"] < GREEDY_BELOW
+    return (kind, greedy, *sorted(shape.items())), own
+
+
+def _rows(own: list[dict]) -> dict:
+    """The SAMPLING_OPTIONS of a group's requests as complete_batch takes them: seeds as a list (one per 上联),
+    the others as one value when every request has the same, else a list."""
+    out = {"seed": [o["seed"] for o in own]}
+    for name in SAMPLING_OPTIONS[1:]:
+        values = [o[name] for o in own]
+        out[name] = values[0] if len(set(values)) == 1 else values
+    return out
+
+
+def _make_run_group(couplets) -> Callable[[tuple, list, list], list]:
+    """The model side of the batcher: one `complete_batch` per group of 上联 sharing the shape of the search
+    (batch_key), each row with its own sampling options. A model object whose complete_batch / acrostic take
+    `wanted` (duilian.Couplets) drops withdrawn requests between decoding steps."""
+    takes_wanted = {name: "wanted" in inspect.signature(getattr(couplets, name)).parameters
+                    for name in ("complete_batch", "acrostic")}
+
+    def run_group(key: tuple, items: list, wanted: list) -> list:
+        kind, options = key[0], dict(key[2:])
         if kind == "acrostic":  # the API decodes one 藏头 request at a time
-            return [_capture(couplets.acrostic, heads, length=length, **options) for heads, length in items]
-        uppers, seeds = [u for u, _ in items], [s for _, s in items]
+            out = []
+            for (heads, length, own), still in zip(items, wanted):
+                if not still():  # withdrawn while the requests before it were decoded
+                    out.append(ServiceError(499, "the client closed the connection before its answer"))
+                    continue
+                extra = {"wanted": still} if takes_wanted["acrostic"] else {}
+                out.append(_capture(couplets.acrostic, heads, length=length, **options, **own, **extra))
+            return out
+
+        def complete(rows: list, checks: list) -> list:
+            extra = {"wanted": checks} if takes_wanted["complete_batch"] else {}
+            return couplets.complete_batch([u for u, _ in rows], **options, **_rows([o for _, o in rows]), **extra)
+
         try:
-            return couplets.complete_batch(uppers, seed=seeds, **options)
+            return complete(items, wanted)
         except CoupletInputError:
             if len(items) == 1:
                 raise
             # One bad 上联 must not fail the others: decode each alone, errors stay with their request.
-            return [_capture(lambda u, s: couplets.complete_batch([u], seed=[s], **options)[0], u, s)
-                    for u, s in items]
+            return [_capture(lambda item, still: complete([item], [still])[0], item, still)
+                    for item, still in zip(items, wanted)]
 
     return run_group
 
@@ -362,21 +493,26 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         couplets = duilian.load(couplets_or_model_dir, device=config.device, quantize=config.quantize)
     max_chars = int(couplets.max_chars)  # the API's limit: at most MAX_CHARS, less for a short model
     batcher = MicroBatcher(_make_run_group(couplets), config.max_batch, config.batch_wait_ms / 1000,
-                           config.max_queue, gap_s=config.batch_gap_ms / 1000)
+                           config.max_queue, gap_s=config.batch_gap_ms / 1000,
+                           max_per_client=config.max_queue_per_client, pass_wanted=True)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         batcher.close()
 
-    app = FastAPI(
+    app = _App(
         title="duilian",
         lifespan=lifespan,
         description="Chinese couplets (对联): 下联 for a 上联, and 藏头 couplets, right in form every time.",
         # FastAPI's own /docs and /redoc pages load their scripts from a CDN; ours is served from static/.
         docs_url=None,
         redoc_url=None,
+        # No redirect from /static to /static/ (or /docs/ to /docs): Starlette builds its Location from the
+        # Host header, which the client chooses. A path with the wrong slash is a 404.
+        redirect_slashes=False,
     )
+    app.hardening = {"max_bytes": MAX_BODY_BYTES, "read_timeout_s": config.read_timeout_s}
     app.state.couplets, app.state.batcher, app.state.config = couplets, batcher, config
     _add_error_handlers(app)
 
@@ -390,12 +526,11 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         upper = line.text
         options = req.decoder_kwargs()
         check_work(options["n"] * len(upper))
-        # predict: requests with equal options share a complete_batch call. The seed is not one of them:
-        # complete_batch takes one seed per 上联 (the decoder seeds each row by itself).
-        seed = options.pop("seed")
-        key = ("complete", *sorted(options.items()))
-        candidates = await batcher.submit(key, (upper, seed), config.request_timeout_s,
-                                          client_gone=lambda: _client_gone(request))
+        # predict: requests whose search has the same shape share a complete_batch call; seeds, temperatures,
+        # top-k and top-p may differ row by row (batch_key).
+        key, own = batch_key("complete", options)
+        candidates = await batcher.submit(key, (upper, own), config.request_timeout_s,
+                                          client_gone=lambda: _client_gone(request), client=_client_of(request))
         # encode
         # `unknown`: characters the model read as [UNK] (the page marks them); `script`: the answer's script
         return StrictJSONResponse({"upper": upper, "script": line.script, "unknown": list(line.unknown),
@@ -408,9 +543,9 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         # heads are in the vocabulary, and the length against the model's `max_chars`.
         heads = clean_heads(req.heads)
         check_work(req.n * req.length * (1 + ACROSTIC_LOWERS))
-        key = ("acrostic", *sorted(req.decoder_kwargs().items()))
-        couplets_out = await batcher.submit(key, (heads, req.length), config.request_timeout_s,
-                                            client_gone=lambda: _client_gone(request))
+        key, own = batch_key("acrostic", req.decoder_kwargs())
+        couplets_out = await batcher.submit(key, (heads, req.length, own), config.request_timeout_s,
+                                            client_gone=lambda: _client_gone(request), client=_client_of(request))
         return StrictJSONResponse({"heads": heads, "length": req.length, "couplets": encode(couplets_out)})
 
     @app.get("/healthz", summary="liveness, limits and batching counters")
@@ -426,18 +561,28 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
             "recent_batch_sizes": list(batcher.recent_sizes),
         }
 
-    # HEAD as well as GET (link checkers, uptime probes); StaticFiles answers both by itself.
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    # HEAD is answered wherever GET is (link checkers, uptime probes): _Hardening turns it into a GET whose
+    # body it leaves out.
+    @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
-    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.get("/docs", include_in_schema=False)
     async def docs() -> FileResponse:
         return FileResponse(STATIC_DIR / "docs.html", media_type="text/html; charset=utf-8")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(_Hardening, max_bytes=MAX_BODY_BYTES, read_timeout_s=config.read_timeout_s)
     return app
+
+
+class _App(FastAPI):
+    """FastAPI with _Hardening outside all of Starlette's own middleware (add_middleware puts it inside
+    ServerErrorMiddleware, whose 500 would then go out without the security headers)."""
+
+    hardening: dict
+
+    def build_middleware_stack(self):
+        return _Hardening(super().build_middleware_stack(), **self.hardening)
 
 
 def clean_heads(text: str) -> str:
@@ -463,6 +608,24 @@ def check_work(work: int) -> None:
         raise ServiceError(422, f"this request asks for {work} characters of decoding (n x length, and x "
                                 f"{1 + ACROSTIC_LOWERS} for a 藏头 couplet); the limit is {MAX_DECODE_WORK}: "
                                 "ask for fewer candidates or shorter lines")
+
+
+def client_key(host: str) -> str:
+    """The address the per-client limits count by: an IPv4 address, an IPv6 address's /64 (one host's share of a
+    network; a host may use any address in it), or the name a test transport gives."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6:
+        return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def _client_of(request: Request) -> str | None:
+    """The client a request counts against: the address the server sees, or the one a trusted proxy forwarded
+    (uvicorn's proxy_headers rewrite request.client only for ServeConfig.trusted_proxies)."""
+    return client_key(request.client.host) if request.client else None
 
 
 async def _client_gone(request: Request) -> None:
@@ -549,9 +712,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class _Hardening:
-    """ASGI wrapper: reads the whole (small) body before anything parses it, refusing one over `max_bytes`
-    with 413 (whether or not a Content-Length was sent) and one that has not all arrived `read_timeout_s`
-    after the headers with 408; adds SECURITY_HEADERS to every response."""
+    """ASGI wrapper around the whole app: reads the whole (small) body before anything parses it, refusing one
+    over `max_bytes` with 413 (whether or not a Content-Length was sent) and one that has not all arrived
+    `read_timeout_s` after the headers with 408; refuses a body declared in a charset other than UTF-8 with
+    415 (it would be read as UTF-8 anyway); answers HEAD wherever GET is served (the GET response without its
+    body); adds SECURITY_HEADERS to every response."""
 
     def __init__(self, app, max_bytes: int, read_timeout_s: float):
         self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
@@ -559,15 +724,25 @@ class _Hardening:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        head = scope["method"] == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}  # Content-Length stays the GET response's
             await send(message)
 
-        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await _refuse(send_with_headers, 413, f"the request body is larger than {self.max_bytes} bytes")
+        charset = _charset(headers.get(b"content-type", b"").decode("latin-1"))
+        if charset not in (None, "utf-8", "utf8"):
+            return await _refuse(send_with_headers, 415, f"send the body in UTF-8 (charset=utf-8, or no charset), "
+                                                         f"not {charset[:40]!r}")
         # Read the whole body now, then replay it to the app.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_timeout_s  # the headers are in: the body has this long
@@ -597,6 +772,15 @@ class _Hardening:
         await self.app(scope, replay, send_with_headers)
 
 
+def _charset(content_type: str) -> str | None:
+    """The charset parameter of a Content-Type, lower case and unquoted; None when there is none."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 def _error_body(reason: str) -> bytes:
     return json.dumps({"error": reason}, ensure_ascii=False).encode()
 
@@ -610,68 +794,117 @@ async def _refuse(send, status: int, reason: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-# --- connections: uvicorn, with bounded reads and a connection cap ----------------------------------
+# --- connections: uvicorn, with bounded reads and connection caps -----------------------------------
 def uvicorn_config(app: FastAPI, http: str = "auto", log_level: str = "info"):
     """The uvicorn.Config that serves `app` (from create_app) on its ServeConfig's host and port, with its
     connection limits: `read_timeout_s` for a request's headers (http_protocol) and body (_Hardening),
-    `max_connections`, KEEP_ALIVE_S and MAX_HEADER_BYTES. `http`: uvicorn's HTTP implementation ("auto":
-    httptools when installed, else h11).
+    `max_connections` and `max_connections_per_client`, KEEP_ALIVE_S and MAX_HEADER_BYTES. `http`: uvicorn's
+    HTTP implementation ("auto": httptools when installed, else h11). X-Forwarded-For is read only from
+    `trusted_proxies` (uvicorn would otherwise trust it from 127.0.0.1), and no WebSocket is served.
 
     uvicorn's own `limit_concurrency` is not used: it answers 503 only once a request's headers have
     arrived, so connections that never finish them would still pile up."""
     import uvicorn
 
     config: ServeConfig = app.state.config
-    return uvicorn.Config(app, host=config.host, port=config.port, http=http_protocol(config, http),
+    return uvicorn.Config(app, host=config.host, port=config.port, http=http_protocol(config, http), ws="none",
                           timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-                          log_level=log_level)
+                          proxy_headers=bool(config.trusted_proxies),
+                          forwarded_allow_ips=list(config.trusted_proxies) or None, log_level=log_level)
 
 
 def http_protocol(config: ServeConfig, http: str = "auto") -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class `http` ("auto", "h11", "httptools") with _BoundedReads mixed in."""
+    """uvicorn's HTTP protocol class `http` ("auto", "h11", "httptools") with _BoundedReads mixed in; the class
+    holds this server's connection count per client."""
     from uvicorn.config import HTTP_PROTOCOLS
     from uvicorn.importer import import_from_string
 
     base = import_from_string(HTTP_PROTOCOLS[http])
     return type(f"Bounded{base.__name__}", (_BoundedReads, base),
-                {"read_timeout_s": config.read_timeout_s, "max_connections": config.max_connections})
+                {"read_timeout_s": config.read_timeout_s, "max_connections": config.max_connections,
+                 "max_per_client": config.max_connections_per_client,
+                 "trusted": tuple(ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies),
+                 "open_per_client": collections.Counter()})
 
 
 class _BoundedReads:
     """Mixed into a uvicorn HTTP protocol (one instance per connection). uvicorn bounds only the idle time
     between requests (timeout_keep_alive); here also:
 
-    - a connection beyond `max_connections` is answered 503 and closed at once;
+    - a connection beyond `max_connections`, or beyond `max_per_client` from one client address (client_key; a
+      trusted proxy's are not counted), is answered 503 and closed at once;
     - a request's headers must be complete within `read_timeout_s` of the connection opening (first request)
       or of their first byte (later requests on a keep-alive connection), else 408 and the connection closes.
       The clock is not reset by data, so a client that trickles a byte at a time is cut off too;
-    - headers larger than MAX_HEADER_BYTES get a 431 (httptools, unlike h11, has no limit of its own).
+    - a request line and headers larger than MAX_HEADER_BYTES get a 431 (a URL that large alone, a 414),
+      however the bytes arrive: counted as they come while a request's headers are incomplete (httptools has
+      no limit of its own; h11's is MAX_HEADER_BYTES too, and answers 400), and as the parser reads each
+      request's (_on_head_part), which also covers headers that arrive whole in one read, pipelined or not;
+    - an error before the app sees the request (bad HTTP, an unknown method, a bad Content-Length) is answered
+      in JSON with SECURITY_HEADERS, like every other error;
+    - a client that half-closes after sending its request still gets the answer (see HALF_CLOSE_PROBE_S).
 
     Once the headers are in, the app runs and _Hardening bounds the body. Both uvicorn implementations keep
-    the current request in `self.cycle` (a new object when a request's headers are complete) and have
-    `response_complete` on it; that is all this relies on."""
+    the current request in `self.cycle` (a new object when a request's headers are complete) with
+    `response_started`, `response_complete`, `more_body` and `keep_alive` on it; that, send_400_response, and
+    the parser callbacks on_message_begin / on_url / on_header (httptools) or `self.conn` (h11) are all this
+    relies on."""
 
     read_timeout_s: float
     max_connections: int
+    max_per_client: int
+    trusted: tuple
+    open_per_client: collections.Counter
     _refused = False
+    _client: str | None = None  # the client_key this connection counts against (None: not counted)
     _timer: asyncio.TimerHandle | None = None
+    _probe_timer: asyncio.TimerHandle | None = None
     _cycle_seen: Any = None  # the request whose headers were last seen complete
     _header_bytes = 0
+    _head_bytes = 0  # the request line and headers the parser has read of the current request
+    _url_bytes = 0
+    _too_large: tuple[int, str] | None = None  # (status, reason) once the parser's count passed the limit
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        import h11
+
+        if isinstance(getattr(self, "conn", None), h11.Connection):  # h11: count each request's head as read
+            self.conn = _H11HeadLimit.make(self)
 
     def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, (tuple, list)) and peer else None
+        # A trusted proxy speaks for many clients: only the global cap applies to its connections.
+        client = client_key(host) if host is not None and not self._trusted(host) else None
         if len(self.connections) >= self.max_connections:
-            self._refused = True
-            transport.write(_raw_response(503, f"the server has {self.max_connections} connections open; "
-                                               "try again shortly"))
-            transport.close()
-            return
+            return self._refuse_connection(transport, f"the server has {self.max_connections} connections open; "
+                                                      "try again shortly")
+        if client is not None and self.open_per_client[client] >= self.max_per_client:
+            return self._refuse_connection(transport, f"this client already has {self.max_per_client} connections "
+                                                      "open (the limit per client); close some and try again")
+        if client is not None:
+            self._client = client
+            self.open_per_client[client] += 1
         super().connection_made(transport)
         self._arm()
+
+    def _refuse_connection(self, transport, reason: str) -> None:
+        self._refused = True
+        transport.write(_raw_response(503, reason))
+        transport.close()
 
     def connection_lost(self, exc) -> None:
         if self._refused:
             return
+        if self._client is not None:
+            self.open_per_client[self._client] -= 1
+            if not self.open_per_client[self._client]:
+                del self.open_per_client[self._client]
+            self._client = None
         self._disarm()
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -690,6 +923,68 @@ class _BoundedReads:
             elif self._timer is None:
                 self._arm()
 
+    # The parser's view of each request's head (httptools callbacks; h11 through _head_limited_h11).
+    def on_message_begin(self) -> None:
+        self._head_bytes = self._url_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._on_head_part(len(url), url=True)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._on_head_part(len(name) + len(value) + 4)  # "name: value\r\n"
+        super().on_header(name, value)
+
+    def _on_head_part(self, size: int, url: bool = False) -> None:
+        """Count `size` more bytes of the current request's head; past MAX_HEADER_BYTES, raise (the parser then
+        stops, and send_400_response answers with the status kept here)."""
+        self._head_bytes += size
+        self._url_bytes += size if url else 0
+        if self._url_bytes > MAX_HEADER_BYTES:
+            self._too_large = (414, f"the URL is longer than {MAX_HEADER_BYTES} bytes")
+        elif self._head_bytes > MAX_HEADER_BYTES:
+            self._too_large = (431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+        if self._too_large:
+            raise ValueError(self._too_large[1])
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refused (plain text there): JSON with the security headers,
+        and 431/414 when the refusal was the head's size."""
+        if self._too_large is not None:
+            return self._close_with(*self._too_large)
+        buffered = getattr(getattr(self, "conn", None), "trailing_data", (b"",))[0]
+        if len(buffered) > MAX_HEADER_BYTES:  # h11's own limit on incomplete headers (it answers 400)
+            return self._close_with(400, f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+        self._close_with(400, "the request is not valid HTTP/1.1 (a malformed request line or header, an unknown "
+                              "method, or a bad Content-Length)")
+
+    # A half-closed request.
+    def eof_received(self):
+        cycle = self.cycle
+        if (self._refused or cycle is None or cycle.response_complete or cycle.more_body
+                or cycle.scope.get("http_version") != "1.1"):
+            return None  # nothing left to answer (or an HTTP/1.0 client, which may not get a 1xx): close
+        cycle.keep_alive = False  # answer, then close
+        self._probe(cycle, HALF_CLOSE_PROBE_S / 10)
+        return True  # keep the transport open for the answer
+
+    def _probe(self, cycle, next_s: float) -> None:
+        """While the half-closed request `cycle` waits, write an interim 100 Continue (HALF_CLOSE_PROBE_S): once
+        the client has gone, a write fails and uvicorn marks the request disconnected."""
+        self._probe_timer = None
+        if self.cycle is not cycle or cycle.response_started or self.transport.is_closing():
+            return
+        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._probe_timer = self.loop.call_later(next_s, self._probe, cycle, HALF_CLOSE_PROBE_S)
+
+    def _trusted(self, host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
     def _arm(self) -> None:
         self._timer = self.loop.call_later(self.read_timeout_s, self._close_with, 408,
                                            f"the request headers did not arrive within {self.read_timeout_s:g} s")
@@ -704,6 +999,40 @@ class _BoundedReads:
         if not self.transport.is_closing():
             self.transport.write(_raw_response(status, reason))
             self.transport.close()
+
+
+class _H11HeadLimit:
+    """h11's Connection, counting each request's head as h11 reads it (_BoundedReads._on_head_part): h11 limits
+    only a head it has not finished (max_incomplete_event_size), so one that arrives whole, in one read, would
+    pass. Made lazily: h11 is imported only when uvicorn serves with it."""
+
+    _cls: type | None = None
+
+    @classmethod
+    def make(cls, protocol: _BoundedReads):
+        import h11
+
+        if cls._cls is None:
+            class HeadLimited(h11.Connection):
+                protocol: _BoundedReads
+
+                def next_event(self):
+                    event = super().next_event()
+                    if isinstance(event, h11.Request):
+                        p = self.protocol
+                        p._head_bytes = p._url_bytes = 0
+                        try:
+                            p._on_head_part(len(event.target), url=True)
+                            p._on_head_part(len(event.method) + len(" HTTP/1.1\r\n\r\n")
+                                            + sum(len(n) + len(v) + 4 for n, v in event.headers.raw_items()))
+                        except ValueError as exc:  # too large: uvicorn answers through send_400_response
+                            raise h11.RemoteProtocolError(str(exc)) from None
+                    return event
+
+            cls._cls = HeadLimited
+        conn = cls._cls(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        conn.protocol = protocol
+        return conn
 
 
 def _raw_response(status: int, reason: str) -> bytes:

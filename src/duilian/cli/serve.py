@@ -28,6 +28,16 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "and a closed connection (default: serve.READ_TIMEOUT_S)")
     parser.add_argument("--max-connections", type=int, default=None,
                         help="connections open at once; more get a 503 and are closed (default: serve.MAX_CONNECTIONS)")
+    # per client: one address (an IPv6 /64), or the one a trusted proxy forwards
+    parser.add_argument("--max-connections-per-client", type=int, default=None,
+                        help="connections open at once from one client address; more get a 503 and are closed "
+                             "(default: serve.MAX_CONNECTIONS_PER_CLIENT)")
+    parser.add_argument("--max-queue-per-client", type=int, default=None,
+                        help="requests one client may have waiting for an answer; more get a 503 "
+                             "(default: serve.MAX_QUEUE_PER_CLIENT)")
+    parser.add_argument("--trusted-proxy", action="append", default=None, metavar="ADDRESS",
+                        help="a reverse proxy's IP address or network (CIDR) whose X-Forwarded-For names the client "
+                             "the limits count against; repeat for several (default: none, the header is ignored)")
 
 
 def server_config(args: argparse.Namespace):
@@ -35,7 +45,10 @@ def server_config(args: argparse.Namespace):
     from ..serve import ServeConfig
 
     optional = {"request_timeout_s": args.timeout_s, "read_timeout_s": args.read_timeout_s,
-                "max_connections": args.max_connections}  # None: the ServeConfig default
+                "max_connections": args.max_connections,
+                "max_connections_per_client": args.max_connections_per_client,
+                "max_queue_per_client": args.max_queue_per_client,
+                "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None}  # None: the default
     return ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                        batch_gap_ms=args.batch_gap_ms, **model_kwargs(args),
                        **{k: v for k, v in optional.items() if v is not None})

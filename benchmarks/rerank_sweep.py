@@ -55,8 +55,9 @@ def main() -> None:
         plain, t_plain = run(0.0)
         pool, t_pool = run(1.0)  # score = base + 1.0 * reverse: base is recovered below
         par = (lambda u, t: pos.parallelism(u, t) or 0.0) if any(args.pos_weights) else (lambda u, t: 0.0)
-        base = [[(cand.text, cand.score - cand.reverse, cand.reverse, par(u, cand.text)) for cand in cands]
-                for u, cands in zip(uppers, pool)]
+        # a forward-only model is not reranked (reverse None): its pool is the default one, λ does nothing
+        base = [[(cand.text, cand.score - (cand.reverse or 0.0), cand.reverse or 0.0, par(u, cand.text))
+                 for cand in cands] for u, cands in zip(uppers, pool)]
         rows = {}
         for lam, mu in [(lam, mu) for mu in args.pos_weights for lam in args.lambdas]:
             firsts = [max(cands, key=lambda x: x[1] + lam * x[2] + mu * x[3])[0] if cands else "" for cands in base]

@@ -36,7 +36,9 @@ def server(tmp_path_factory):
     from duilian.serve import ServeConfig, create_app
 
     model_dir = tmp_path_factory.mktemp("tiny-model")
-    build_model("tiny", seed=0).save_pretrained(model_dir)
+    model = build_model("tiny", seed=0)
+    model.config.duilian = {"lines": {"forward": 10, "backward": 0, "keywords": 5}}  # it may compose
+    model.save_pretrained(model_dir)
     app = create_app(duilian.load(model_dir), ServeConfig(port=free_port(), batch_wait_ms=2))
     with serving(app) as url:
         yield url
@@ -125,6 +127,48 @@ def test_acrostic_mode(page, tmp_path):
     upper, lower = cards.nth(0).locator(".text").all_inner_texts()
     assert hung_columns(page) == (upper, lower)
     page.screenshot(path=str(screenshot_dir(tmp_path) / "phone-acrostic.png"), full_page=True)
+
+
+def test_embedded_characters_at_another_place(page):
+    page.click("#tab-acrostic")
+    page.fill("#heads", "伟娜")
+    page.select_option("#position", "2")
+    page.click("#go-acrostic")
+    cards = page.locator("#results li.candidate")
+    cards.nth(0).wait_for()
+    for i in range(cards.count()):
+        upper, lower = cards.nth(i).locator(".text").all_inner_texts()
+        assert upper[1] == "伟" and lower[1] == "娜"
+    # a place the character's tone forbids: the API's reason, no couplet
+    page.select_option("#position", "last")
+    page.click("#go-acrostic")
+    page.locator("#error").wait_for()
+    assert "娜 is oblique" in page.locator("#error").inner_text() and cards.count() == 0
+
+
+def test_compose_mode_hangs_a_whole_couplet_about_the_words(page, tmp_path):
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/compose") else None)
+    page.click("#tab-compose")
+    assert page.locator("#form-compose").is_visible() and not page.locator("#form-couplet").is_visible()
+    page.fill("#words", "春 福")
+    page.select_option("#occasion", "春节")
+    page.fill("#year", "2027")
+    page.click("#go-compose")
+    cards = page.locator("#results li.candidate")
+    cards.nth(0).wait_for()
+    assert sent[0]["words"] == ["春", "福"] and sent[0]["occasion"] == "春节" and sent[0]["year"] == 2027
+    for i in range(cards.count()):
+        upper, lower = cards.nth(i).locator(".text").all_inner_texts()
+        assert len(upper) == len(lower) == 7
+        assert "主题 春 福 羊" in cards.nth(i).locator(".themes").inner_text()
+        assert cards.nth(i).locator("li.check.bad").count() == 0  # every check passes
+        assert "词性相对" in cards.nth(i).locator("li.pos").inner_text()
+    # the whole couplet hangs, with its three 横批 to choose from
+    upper, lower = cards.nth(0).locator(".text").all_inner_texts()
+    assert hung_columns(page) == (upper, lower)
+    assert page.locator("#hengpi-choices button").count() == 3
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "phone-compose.png"), full_page=True)
 
 
 def test_docs_page_lists_the_endpoints_offline(page, server, tmp_path):

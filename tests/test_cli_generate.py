@@ -176,3 +176,40 @@ def test_generate_hengpi_svg_and_script(model_dir, tmp_path, capsys):
     assert simp["script"] == "simplified" and simp["upper"] == "风调雨顺年年好"
     assert main(["generate", "--input", str(FIXTURE / "in.txt"), "--model", model_dir, "--svg", str(svg)]) == 2
     assert "--svg draws one couplet" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def keyword_model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kw-model")
+    m = build_model("tiny", dropout=0.0, seed=3)
+    m.config.duilian = {"lines": {"forward": 10, "backward": 0, "keywords": 5}}
+    m.save_pretrained(path)
+    return str(path)
+
+
+def test_compose_json_gives_five_couplets_with_three_banners(keyword_model_dir, capsys):
+    args = ["compose", "春", "福", "--length", "7", "--json", "--model", keyword_model_dir, "--seed", "2"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["words"] == ["春", "福"] and len(out["couplets"]) == 5
+    for c in out["couplets"]:
+        assert c["valid"] and len(c["upper"]) == len(c["lower"]) == 7 and len(c["hengpi"]) == 3
+    assert main(["compose", "平安", "--occasion", "乔迁", "--year", "2027", "-n", "2", "--model", keyword_model_dir]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("横批" in line for line in lines)
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["compose", "spring"], "Chinese characters only"), (["compose", "春", "--occasion", "生日"], "unknown occasion"),
+    (["acrostic", "伟娜", "--position", "last"], "cannot end the 下联"), (["acrostic", "伟娜", "--position", "8"], "past the end"),
+])
+def test_compose_and_embedding_refuse_with_the_reason(keyword_model_dir, capsys, argv, reason):
+    assert main([*argv, "--model", keyword_model_dir]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and len(err.strip().splitlines()) == 1
+
+
+def test_acrostic_position(model_dir, capsys):
+    assert main(["acrostic", "伟娜", "--position", "3", "-n", "2", "--model", model_dir, "--json", "--seed", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["couplets"] and all(c["upper"][2] == "伟" and c["lower"][2] == "娜" for c in out["couplets"])

@@ -36,7 +36,9 @@ def tiny(tmp_path_factory):
     from duilian.model import build_model
 
     model_dir = tmp_path_factory.mktemp("tiny-model")
-    build_model("tiny", seed=0).save_pretrained(model_dir)
+    model = build_model("tiny", seed=0)
+    model.config.duilian = {"lines": {"forward": 10, "backward": 0, "keywords": 5}}  # it may compose
+    model.save_pretrained(model_dir)
     return duilian.load(model_dir)
 
 
@@ -59,6 +61,9 @@ class Recording:
 
     def acrostic(self, heads, length=7, n=5, **options):
         return self.couplets.acrostic(heads, length, n, **options)
+
+    def compose(self, words, **options):
+        return self.couplets.compose(words, **options)
 
 
 @pytest.fixture
@@ -123,7 +128,7 @@ def test_options_reach_the_decoder(client, model):
     assert uppers == ["春风"]
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
                        "allow_upper_chars": True, "script": "traditional", "hengpi": 0,
-                       "first": "greedy"}  # one seed per 上联
+                       "first": "greedy", "pos": True}  # one seed per 上联; 词性对仗 always scored
     # Left out, the first candidate comes from beam search, as in the API.
     assert client.post("/v1/couplets", json={"upper": "春风"}).status_code == 200
     assert model.calls[-1][1]["first"] == "beam"
@@ -141,6 +146,40 @@ def test_acrostic(client):
         assert pair["valid"] is True and pair["checks"]["valid"] is True and math.isfinite(pair["score"])
     scores = [pair["score"] for pair in data["couplets"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_acrostic_at_another_place_and_a_place_that_cannot_hold_it(client):
+    r = client.post("/v1/acrostic", json={"heads": "伟娜", "position": 2, "n": 2, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert all(p["upper"][1] == "伟" and p["lower"][1] == "娜" and p["valid"] for p in r.json()["couplets"])
+    r = client.post("/v1/acrostic", json={"heads": "伟娜", "position": "last"})
+    assert r.status_code == 422 and "娜 is oblique (仄): it cannot end the 下联" in r.json()["error"]
+    r = client.post("/v1/acrostic", json={"heads": "伟娜", "position": 9})
+    assert r.status_code == 422 and "past the end" in r.json()["error"]
+    assert client.post("/v1/acrostic", json={"heads": "伟娜", "position": "middle"}).status_code == 422
+
+
+def test_compose_gives_whole_couplets_with_three_banners(client):
+    r = client.post("/v1/compose", json={"words": ["春", "福"], "length": 5, "n": 3, "seed": 1, "year": 2027})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["words"] == ["春", "福"] and data["year"] == 2027 and 1 <= len(data["couplets"]) <= 3
+    for c in data["couplets"]:
+        assert len(c["upper"]) == len(c["lower"]) == 5 and c["valid"] and len(c["hengpi"]) == 3
+        assert c["themes"] == ["春", "福", "羊"] and isinstance(c["pos"], (float, type(None)))
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"words": []}, "at least 1 item"), ({"words": ["spring"]}, "Chinese characters only"),
+    ({"words": ["春"], "occasion": "生日"}, "春节"), ({"words": ["春"], "year": 0}, "year"),
+    ({"words": ["春"], "length": 1}, "length"), ({"words": ["春"], "n": 10, "length": 16}, "limit is"),
+    ({"words": "春"}, "words"), ({"words": ["春"], "hengpi": 3}, "hengpi"),
+])
+def test_bad_compose_requests_get_4xx_with_a_reason(client, body, reason):
+    r = client.post("/v1/compose", json=body)
+    assert r.status_code == 422, r.text
+    assert reason in r.json()["error"]
+    assert client.post("/v1/compose", json={"words": ["春"], "n": 1}).status_code == 200
 
 
 def test_healthz_page_docs_and_static_are_all_served_locally(client):

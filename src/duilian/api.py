@@ -65,10 +65,13 @@ class Candidate:
     """Mean per-token log-prob of the 上联 given this 下联, log P(上联 | 下联), read by the same model backward; None
     when the candidates were not reranked (a model trained forward only, or reverse_weight=0). `score` then
     includes reverse_weight × this."""
+    pos: float | None = None
+    """词性对仗: the share of positions whose part-of-speech classes agree (duilian.pos); None unless asked for
+    (Options.pos) or when no position counts."""
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "reverse": self.reverse, "valid": self.checks.valid, "checks": self.checks.to_dict(),
+                "reverse": self.reverse, "pos": self.pos, "valid": self.checks.valid, "checks": self.checks.to_dict(),
                 "unknown": list(self.unknown), **_hengpi_dict(self.hengpi)}
 
 
@@ -83,10 +86,12 @@ class AcrosticCouplet:
     checks: FormChecks
     hengpi: tuple[Hengpi, ...] = ()
     """横批 for this couplet, best first (none unless asked)."""
+    pos: float | None = None
+    """词性对仗 of the two lines (Options.pos; see Candidate.pos)."""
 
     def to_dict(self) -> dict:
         return {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
-                "checks": self.checks.to_dict(), **_hengpi_dict(self.hengpi)}
+                "checks": self.checks.to_dict(), "pos": self.pos, **_hengpi_dict(self.hengpi)}
 
 
 def _hengpi_dict(hengpi: tuple[Hengpi, ...]) -> dict:
@@ -117,6 +122,9 @@ class Options:
     """The answer's script: auto (the 上联's), simplified or traditional (script.SCRIPTS)."""
     hengpi: int = 0
     """横批 suggested with each couplet, best first (0: none; HENGPI_OFFERED is what the page and CLI show)."""
+    pos: bool = False
+    """Score 词性对仗 too (duilian.pos: jieba's tags, position by position; `Candidate.pos`). Off by default: jieba
+    takes 1-2 s to load, longer than the whole of a first `duilian generate`; the server loads it once."""
     reverse_weight: float | None = None
     """λ of the noisy-channel ranking, score + λ · log P(上联 | 下联) (per token): a 下联 from which the 上联 can be
     recovered answers it; a generic one does not. None: the model's own default (config.json "duilian"), 0 for a
@@ -346,7 +354,7 @@ class Couplets:
         score = h.score + weight * reverse if reverse is not None else h.score
         return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score, checks=checks,
                          unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script),
-                         reverse=reverse)
+                         reverse=reverse, pos=parallelism(line.model_text, lower) if opts.pos else None)
 
     # --- 横批 -------------------------------------------------------------------------------------------------
     def hengpi(self, upper: str, lower: str, k: int = HENGPI_OFFERED) -> list[Hengpi]:
@@ -428,11 +436,12 @@ class Couplets:
                 low = lows[0]
                 lower = self.tokenizer.decode(low.tokens)
                 banners = self._hengpi(text, lower, opts.hengpi, script)  # both as the model wrote them: simplified
+                pos = parallelism(text, lower) if opts.pos else None  # both simplified, as written
                 if script == "traditional":
                     text, lower = to_traditional(text), to_traditional(lower)
                 out.append(AcrosticCouplet(upper=text, lower=lower, score=(up.score + low.score) / 2,
                                            checks=check_pair(text, lower, opts.allow_upper_chars, char_forms),
-                                           hengpi=banners))
+                                           hengpi=banners, pos=pos))
         return sorted(out, key=lambda c: -c.score)
 
     # --- scoring ----------------------------------------------------------------------------------------------
@@ -515,6 +524,13 @@ def _one_per_line(value, count: int, what: str) -> list:
     if len(values) != count:
         raise ValueError(f"{len(values)} {what} for {count} 上联")
     return values
+
+
+def parallelism(upper: str, lower: str) -> float | None:
+    """duilian.pos.parallelism, imported on first use (jieba is slow to load)."""
+    from .pos import parallelism as score
+
+    return score(upper, lower)
 
 
 @lru_cache(maxsize=4)

@@ -65,11 +65,13 @@ class ComposedCouplet:
     carried: tuple[str, ...]
     """The themes it carries: the word itself, or a close relative (`carries`)."""
     hengpi: tuple[Hengpi, ...] = ()
+    pos: float | None = None
+    """词性对仗 of the two lines (Options.pos; see api.Candidate.pos)."""
 
     def to_dict(self) -> dict:
         return {"upper": self.upper, "lower": self.lower, "score": self.score, "valid": self.checks.valid,
                 "checks": self.checks.to_dict(), "themes": list(self.themes), "carried": list(self.carried),
-                "hengpi": [{"text": h.text, "score": h.score} for h in self.hengpi]}
+                "pos": self.pos, "hengpi": [{"text": h.text, "score": h.score} for h in self.hengpi]}
 
 
 def clean_words(words: Sequence[str] | str) -> list[str]:
@@ -192,6 +194,10 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
 
     for x in best:
         banners = hengpi.suggest(x.upper, x.lower, k=opts.hengpi or HENGPI, favour=favour)
+        if opts.pos:
+            from .pos import parallelism
+
+            x.pos = parallelism(x.upper, x.lower)
         if script == "traditional":
             x.upper, x.lower = to_traditional(x.upper), to_traditional(x.lower)
             banners = [Hengpi(to_traditional(h.text), h.score) for h in banners]

@@ -52,6 +52,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import compose, themes
 from .api import ACROSTIC_LOWERS, HENGPI_OFFERED
 from .decode import GREEDY_BELOW, MAX_TEMPERATURE  # the decoder's own temperature range: one source of truth
 from .text import MAX_CHARS, CoupletInputError, is_han, normalize
@@ -75,6 +76,10 @@ proxy (ServeConfig.trusted_proxies) this is what keeps one client from filling t
 MAX_TOP_K = 1000
 MAX_SEED = 2**63 - 1
 MIN_ACROSTIC_LENGTH, MAX_ACROSTIC_LENGTH = 2, MAX_CHARS  # characters per line of a 藏头 couplet, as the API allows
+MAX_THEME_WORDS = compose.MAX_WORDS
+OCCASIONS = themes.occasions()
+COMPOSE_WORK = compose.UPPERS_PER_RESULT * (1 + compose.LOWERS_PER_UPPER)
+"""Rows written per composed couplet asked for: UPPERS_PER_RESULT 上联, and LOWERS_PER_UPPER 下联 for each."""
 
 # --- connection limits (uvicorn_config) -------------------------------------------------------------
 READ_TIMEOUT_S = 10.0  # to send a request's headers (from connecting, or its first byte), and again its body; then 408
@@ -197,6 +202,7 @@ class DecodeOptions(BaseModel):
     def decoder_kwargs(self) -> dict[str, Any]:
         kwargs = self.model_dump(exclude={"upper", "heads", "length"})
         kwargs["hengpi"] = HENGPI_OFFERED if self.hengpi else 0  # the API takes a count
+        kwargs["pos"] = True  # 词性对仗 for every answer: the server has loaded jieba once (create_app)
         return kwargs
 
 
@@ -206,9 +212,26 @@ class CoupletRequest(DecodeOptions):
 
 
 class AcrosticRequest(DecodeOptions):
-    heads: str = Field(description="two characters: the first opens the 上联, the second the 下联",
+    heads: str = Field(description="two characters: the first goes in the 上联, the second in the 下联",
                        examples=["春福"])
     length: int = Field(7, ge=MIN_ACROSTIC_LENGTH, le=MAX_ACROSTIC_LENGTH, description="characters per line")
+    position: int | Literal["last"] = Field(
+        1, description="where both characters stand: 1 (藏头, 鹤顶格) to the length, or \"last\" (雁足格); a place "
+                       "whose tone rule the character breaks is refused with the reason")
+
+
+class ComposeRequest(DecodeOptions):
+    words: list[str] = Field(min_length=1, max_length=MAX_THEME_WORDS,
+                             description=f"1 to {MAX_THEME_WORDS} theme words: a theme, a name, what should be in it",
+                             examples=[["春", "福"]])
+    length: int = Field(7, ge=MIN_ACROSTIC_LENGTH, le=MAX_ACROSTIC_LENGTH, description="characters per line")
+    occasion: Literal[OCCASIONS] | None = Field(  # type: ignore[valid-type]
+        None, description="adds the occasion's words and 横批: " + ", ".join(OCCASIONS))
+    year: int | None = Field(None, ge=1, le=9999, description="adds the year's animal (2027: 羊) and its 横批")
+
+    def decoder_kwargs(self) -> dict[str, Any]:
+        # compose always offers 3 横批 and draws its lines by sampling: hengpi and first do not apply
+        return self.model_dump(exclude={"words", "length", "occasion", "year", "hengpi", "first"})
 
 
 class ServiceError(Exception):
@@ -446,6 +469,11 @@ def _make_run_group(couplets) -> Callable[[tuple, list, list], list]:
 
     def run_group(key: tuple, items: list, wanted: list) -> list:
         kind, options = key[0], dict(key[2:])
+        if kind == "compose":  # one request at a time, like 藏头 (each has its own prompts)
+            return [_capture(couplets.compose, list(words), length=length, occasion=occasion, year=year, **options,
+                             **own) if still() else ServiceError(499, "the client closed the connection before its "
+                                                                      "answer")
+                    for (words, length, occasion, year, own), still in zip(items, wanted)]
         if kind == "acrostic":  # the API decodes one 藏头 request at a time
             out = []
             for (heads, length, own), still in zip(items, wanted):
@@ -492,6 +520,9 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
 
         couplets = duilian.load(couplets_or_model_dir, device=config.device, quantize=config.quantize)
     max_chars = int(couplets.max_chars)  # the API's limit: at most MAX_CHARS, less for a short model
+    from .pos import classes
+
+    classes("春风")  # jieba loads its dictionary now (1-2 s), not in the first request
     batcher = MicroBatcher(_make_run_group(couplets), config.max_batch, config.batch_wait_ms / 1000,
                            config.max_queue, gap_s=config.batch_gap_ms / 1000,
                            max_per_client=config.max_queue_per_client, pass_wanted=True)
@@ -547,6 +578,19 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
         couplets_out = await batcher.submit(key, (heads, req.length, own), config.request_timeout_s,
                                             client_gone=lambda: _client_gone(request), client=_client_of(request))
         return StrictJSONResponse({"heads": heads, "length": req.length, "couplets": encode(couplets_out)})
+
+    @app.post("/v1/compose", response_class=StrictJSONResponse,
+              summary="whole couplets about a few words: 上联, 下联 and 3 横批, best first")
+    async def compose_endpoint(req: ComposeRequest, request: Request) -> StrictJSONResponse:
+        words = compose.clean_words(req.words)  # CoupletInputError (422) says what is wrong
+        options = req.decoder_kwargs()
+        check_work(req.n * req.length * COMPOSE_WORK)
+        key, own = batch_key("compose", options)
+        out = await batcher.submit(key, (tuple(words), req.length, req.occasion, req.year, own),
+                                   config.request_timeout_s, client_gone=lambda: _client_gone(request),
+                                   client=_client_of(request))
+        return StrictJSONResponse({"words": words, "occasion": req.occasion, "year": req.year,
+                                   "couplets": encode(out)})
 
     @app.get("/healthz", summary="liveness, limits and batching counters")
     async def healthz() -> dict:
@@ -606,8 +650,8 @@ def check_work(work: int) -> None:
     """ServiceError 422 when a request asks for more than MAX_DECODE_WORK characters of decoding."""
     if work > MAX_DECODE_WORK:
         raise ServiceError(422, f"this request asks for {work} characters of decoding (n x length, and x "
-                                f"{1 + ACROSTIC_LOWERS} for a 藏头 couplet); the limit is {MAX_DECODE_WORK}: "
-                                "ask for fewer candidates or shorter lines")
+                                f"{1 + ACROSTIC_LOWERS} for a 藏头 couplet, x {COMPOSE_WORK} to compose); the limit "
+                                f"is {MAX_DECODE_WORK}: ask for fewer candidates or shorter lines")
 
 
 def client_key(host: str) -> str:

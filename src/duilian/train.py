@@ -557,12 +557,17 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     @torch.no_grad()
     def evaluate() -> dict:
         """Mean loss per real token over the first world × eval_batches × batch_size lines of each val split:
-        val_loss / val_ppl for "val", val_loss.NAME for each source's own split."""
+        val_loss.NAME for each source's own split and val_loss over all of them (token-weighted); a dataset of
+        one source has only "val"."""
         if not val_splits or cfg.eval_batches == 0:
             return {}
         model.eval()
-        out = {}
-        for name, split in val_splits.items():
+        out, totals = {}, []
+        # "val" is the sources' splits one after the other: its first lines are the first source's alone, so
+        # with per-source splits the overall figure is their token-weighted mean instead
+        names = [n for n in val_splits if n != "val"] or ["val"]
+        for name in names:
+            split = val_splits[name]
             n = min(len(split), d.world_size * cfg.eval_batches * cfg.batch_size)
             mine = np.array_split(np.arange(n), d.world_size)[d.rank]
             total = count = 0.0
@@ -573,9 +578,10 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
                 count += b.n_targets
             total, count = _all_reduce_sum([total, count], d)
             out["val_loss" + name[3:]] = total / max(count, 1)
+            totals.append((total, count))
         model.train()
-        if "val_loss" in out:
-            out["val_ppl"] = math.exp(min(out["val_loss"], 50))
+        out["val_loss"] = sum(t for t, _ in totals) / max(sum(c for _, c in totals), 1)
+        out["val_ppl"] = math.exp(min(out["val_loss"], 50))
         return out
 
     def log_val(at: int) -> dict:

@@ -46,6 +46,14 @@ function checkList(checks) {
   return list;
 }
 
+// 词性对仗: the share of positions whose parts of speech agree (the API's "pos"), a soft score like the tones.
+function posBadge(item) {
+  if (typeof item.pos !== "number") return null;
+  const node = el("li", "check info pos", "词性相对 " + Math.round(item.pos * 100) + "%");
+  node.title = "part-of-speech parallelism: positions whose word classes agree (noun/noun, verb/verb …)";
+  return node;
+}
+
 function scoreText(item) {
   return typeof item.score === "number" ? "score " + item.score.toFixed(2) : "";
 }
@@ -66,7 +74,10 @@ function showCards(items, cls, linesOf, status, coupletOf) {
       li.append(line);
     }
     li.append(el("div", "score", scoreText(item)));
-    li.append(checkList(item.checks));
+    const checks = checkList(item.checks);
+    const pos = posBadge(item);
+    if (pos) checks.append(pos);
+    li.append(checks);
     li.addEventListener("click", () => choose(i));
     li.addEventListener("keydown", (event) => {
       if (event.key === "Enter" || event.key === " ") {
@@ -105,7 +116,16 @@ function showCandidates(data) {
 
 function showAcrostic(data) {
   showCards(data.couplets, "candidate acrostic", (p) => [["text", p.upper], ["text", p.lower]],
-            data.couplets.length + " 副藏头联", (p) => ({ upper: p.upper, lower: p.lower, hengpi: p.hengpi }));
+            data.couplets.length + " 副嵌字联", (p) => ({ upper: p.upper, lower: p.lower, hengpi: p.hengpi }));
+}
+
+// Composed couplets: both lines, and the themes each carries (the API's "themes" / "carried").
+function showComposed(data) {
+  showCards(data.couplets, "candidate composed", (p) => [
+    ["text", p.upper], ["text", p.lower],
+    ["themes", "主题 " + (Array.isArray(p.themes) ? p.themes.join(" ") : "") +
+      (Array.isArray(p.carried) && p.carried.length ? " · 含 " + p.carried.join(" ") : "")],
+  ], data.couplets.length + " 副对联", (p) => ({ upper: p.upper, lower: p.lower, hengpi: p.hengpi }));
 }
 
 // --- the couplet as it hangs (static/hanging.js draws it) --------------------------------------------
@@ -232,12 +252,13 @@ async function post(path, body, show, button) {
   }
 }
 
+const MODES = ["couplet", "acrostic", "compose"];
+
 function selectMode(mode) {
-  const acrostic = mode === "acrostic";
-  $("tab-couplet").setAttribute("aria-selected", String(!acrostic));
-  $("tab-acrostic").setAttribute("aria-selected", String(acrostic));
-  $("form-couplet").hidden = acrostic;
-  $("form-acrostic").hidden = !acrostic;
+  for (const m of MODES) {
+    $("tab-" + m).setAttribute("aria-selected", String(m === mode));
+    $("form-" + m).hidden = m !== mode;
+  }
   $("error").hidden = true;
   $("results").replaceChildren();
   hideHanging();
@@ -245,8 +266,7 @@ function selectMode(mode) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("tab-couplet").addEventListener("click", () => selectMode("couplet"));
-  $("tab-acrostic").addEventListener("click", () => selectMode("acrostic"));
+  for (const m of MODES) $("tab-" + m).addEventListener("click", () => selectMode(m));
   $("form-couplet").addEventListener("submit", (event) => {
     event.preventDefault();
     const body = { upper: $("upper").value, ...options() };
@@ -255,8 +275,19 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("form-acrostic").addEventListener("submit", (event) => {
     event.preventDefault();
-    const body = { heads: $("heads").value, length: parseInt($("length").value, 10), ...options() };
+    const position = $("position").value === "last" ? "last" : parseInt($("position").value, 10);
+    const body = { heads: $("heads").value, length: parseInt($("length").value, 10), position, ...options() };
+    if (serverTakesHengpi) body.hengpi = true;
     post("/v1/acrostic", body, showAcrostic, $("go-acrostic"));
+  });
+  $("form-compose").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const words = $("words").value.split(/[\s,，、]+/).filter((w) => w);
+    const body = { words, length: parseInt($("compose-length").value, 10), ...options() };
+    if ($("occasion").value) body.occasion = $("occasion").value;
+    const year = parseInt($("year").value, 10);
+    if (!Number.isNaN(year)) body.year = year;
+    post("/v1/compose", body, showComposed, $("go-compose"));
   });
   $("download-svg").addEventListener("click", () => {
     Hanging.download(new Blob([hanging.svg], { type: "image/svg+xml" }), downloadName("svg"));

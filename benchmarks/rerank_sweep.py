@@ -22,6 +22,14 @@ import time
 from pathlib import Path
 
 
+def line_logprobs(c, lines: list[str]) -> list[float]:
+    """Mean log-prob of each line's tokens and the '-' after it, read as a 上联 from [CLS]: its probability
+    whatever it answers."""
+    tok = c.tokenizer
+    seqs = [[tok.cls_id, *c._ids(line), tok.separator_id] for line in lines]
+    return [float(lp.mean()) for lp in c._teacher_forced(seqs, [1] * len(seqs), c.net)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -30,6 +38,9 @@ def main() -> None:
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0, 0.25, 0.5, 1.0, 1.5, 2.0])
     ap.add_argument("--pos-weights", type=float, nargs="+", default=[0.0],
                     help="weights μ of the part-of-speech parallelism (duilian.pos) added to the ranking")
+    ap.add_argument("--lm-weights", type=float, nargs="+", default=[0.0],
+                    help="weights β of the anti-LM term: minus β × the mean log-prob of the 下联 read as a line from "
+                         "[CLS] (how likely the line is whatever the 上联: generic lines are likely)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -55,13 +66,22 @@ def main() -> None:
         plain, t_plain = run(0.0)
         pool, t_pool = run(1.0)  # score = base + 1.0 * reverse: base is recovered below
         par = (lambda u, t: pos.parallelism(u, t) or 0.0) if any(args.pos_weights) else (lambda u, t: 0.0)
+        lm = line_logprobs(c, [cand.text for cands in pool for cand in cands]) if any(args.lm_weights) else None
         # a forward-only model is not reranked (reverse None): its pool is the default one, λ does nothing
-        base = [[(cand.text, cand.score - (cand.reverse or 0.0), cand.reverse or 0.0, par(u, cand.text))
-                 for cand in cands] for u, cands in zip(uppers, pool)]
+        base, k = [], 0
+        for u, cands in zip(uppers, pool):
+            row = []
+            for cand in cands:
+                row.append((cand.text, cand.score - (cand.reverse or 0.0), cand.reverse or 0.0, par(u, cand.text),
+                            lm[k] if lm is not None else 0.0))
+                k += 1
+            base.append(row)
         rows = {}
-        for lam, mu in [(lam, mu) for mu in args.pos_weights for lam in args.lambdas]:
-            firsts = [max(cands, key=lambda x: x[1] + lam * x[2] + mu * x[3])[0] if cands else "" for cands in base]
-            rows[(lam, mu)] = {"bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)}, "distinct_2": distinct(firsts, 2),
+        grid = [(lam, mu, beta) for beta in args.lm_weights for mu in args.pos_weights for lam in args.lambdas]
+        for lam, mu, beta in grid:
+            firsts = [max(cands, key=lambda x: x[1] + lam * x[2] + mu * x[3] - beta * x[4])[0] if cands else ""
+                      for cands in base]
+            rows[(lam, mu, beta)] = {"bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)}, "distinct_2": distinct(firsts, 2),
                          "generic_top_share": genericness(firsts)["top_share"],
                          "generic_tail_share": genericness(firsts)["tail_share"],
                          "changed": sum(f != (p[0].text if p else "") for f, p in zip(firsts, plain)) / len(firsts)}
@@ -70,17 +90,18 @@ def main() -> None:
                          "plain": {"bleu": {n: bleu(plain_firsts, refs, n) for n in (1, 2, 4)},
                                    "distinct_2": distinct(plain_firsts, 2),
                                    "generic_top_share": genericness(plain_firsts)["top_share"]},
-                         "rankings": [{"lambda": lam, "pos_weight": mu, **r} for (lam, mu), r in rows.items()]}
+                         "rankings": [{"lambda": lam, "pos_weight": mu, "lm_weight": beta, **r}
+                                      for (lam, mu, beta), r in rows.items()]}
         print(f"\n{name}: {len(pairs)} pairs; default decoding {t_plain:.0f} s, reranked pool {t_pool:.0f} s "
               f"({t_pool / t_plain:.2f}x)")
-        print("| λ | μ (POS) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | firsts among the 1% most frequent | "
+        print("| λ | μ (POS) | β (anti-LM) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | firsts among the 1% most frequent | "
               "endings among the 1% most frequent | first changed |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         p = results[name]["plain"]
-        print(f"| no rerank | | {p['bleu'][1]:.2f} | {p['bleu'][2]:.2f} | {p['bleu'][4]:.2f} | {p['distinct_2']:.3f} | "
+        print(f"| no rerank | | | {p['bleu'][1]:.2f} | {p['bleu'][2]:.2f} | {p['bleu'][4]:.2f} | {p['distinct_2']:.3f} | "
               f"{p['generic_top_share']:.1%} | | |")
-        for (lam, mu), r in rows.items():
-            print(f"| {lam:g} | {mu:g} | {r['bleu'][1]:.2f} | {r['bleu'][2]:.2f} | {r['bleu'][4]:.2f} | {r['distinct_2']:.3f} | "
+        for (lam, mu, beta), r in rows.items():
+            print(f"| {lam:g} | {mu:g} | {beta:g} | {r['bleu'][1]:.2f} | {r['bleu'][2]:.2f} | {r['bleu'][4]:.2f} | {r['distinct_2']:.3f} | "
                   f"{r['generic_top_share']:.1%} | {r['generic_tail_share']:.1%} | {r['changed']:.0%} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -22,14 +22,6 @@ import time
 from pathlib import Path
 
 
-def line_logprobs(c, lines: list[str]) -> list[float]:
-    """Mean log-prob of each line's tokens and the '-' after it, read as a 上联 from [CLS]: its probability
-    whatever it answers."""
-    tok = c.tokenizer
-    seqs = [[tok.cls_id, *c._ids(line), tok.separator_id] for line in lines]
-    return [float(lp.mean()) for lp in c._teacher_forced(seqs, [1] * len(seqs), c.net)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -57,25 +49,20 @@ def main() -> None:
         uppers, refs = [u for u, _ in pairs], [l for _, l in pairs]
         batches = [range(i, min(i + args.batch_size, len(pairs))) for i in range(0, len(pairs), args.batch_size)]
 
-        def run(weight: float) -> tuple[list, float]:
+        def run(weight: float, lm_weight: float) -> tuple[list, float]:
             start, got = time.perf_counter(), []
             for b in batches:
-                got += c.complete_batch([uppers[i] for i in b], n=5, seed=args.seed, reverse_weight=weight)
+                got += c.complete_batch([uppers[i] for i in b], n=5, seed=args.seed, reverse_weight=weight,
+                                        lm_weight=lm_weight, whole_pool=weight > 0)
             return got, time.perf_counter() - start
 
-        plain, t_plain = run(0.0)
-        pool, t_pool = run(1.0)  # score = base + 1.0 * reverse: base is recovered below
+        plain, t_plain = run(0.0, 0.0)
+        pool, t_pool = run(1.0, 1.0)  # score = base + 1.0 * reverse - 1.0 * prior: base is recovered below
         par = (lambda u, t: pos.parallelism(u, t) or 0.0) if any(args.pos_weights) else (lambda u, t: 0.0)
-        lm = line_logprobs(c, [cand.text for cands in pool for cand in cands]) if any(args.lm_weights) else None
-        # a forward-only model is not reranked (reverse None): its pool is the default one, λ does nothing
-        base, k = [], 0
-        for u, cands in zip(uppers, pool):
-            row = []
-            for cand in cands:
-                row.append((cand.text, cand.score - (cand.reverse or 0.0), cand.reverse or 0.0, par(u, cand.text),
-                            lm[k] if lm is not None else 0.0))
-                k += 1
-            base.append(row)
+        # the pool holds the beam's 5 lines and the samples; a forward-only model has no reverse score (None):
+        # λ does nothing there
+        base = [[(cand.text, cand.score - (cand.reverse or 0.0) + cand.prior, cand.reverse or 0.0,
+                  par(u, cand.text), cand.prior) for cand in cands] for u, cands in zip(uppers, pool)]
         rows = {}
         grid = [(lam, mu, beta) for beta in args.lm_weights for mu in args.pos_weights for lam in args.lambdas]
         for lam, mu, beta in grid:

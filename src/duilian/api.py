@@ -65,13 +65,16 @@ class Candidate:
     """Mean per-token log-prob of the 上联 given this 下联, log P(上联 | 下联), read by the same model backward; None
     when the candidates were not reranked (a model trained forward only, or reverse_weight=0). `score` then
     includes reverse_weight × this."""
+    prior: float | None = None
+    """Mean per-token log-prob of this 下联 read as a line from [CLS], whatever it answers; None unless the anti-LM
+    term ranks (lm_weight > 0): `score` then includes - lm_weight × this, so a line likely everywhere counts less."""
     pos: float | None = None
     """词性对仗: the share of positions whose part-of-speech classes agree (duilian.pos); None unless asked for
     (Options.pos) or when no position counts."""
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "reverse": self.reverse, "pos": self.pos, "valid": self.checks.valid, "checks": self.checks.to_dict(),
+                "reverse": self.reverse, "prior": self.prior, "pos": self.pos, "valid": self.checks.valid, "checks": self.checks.to_dict(),
                 "unknown": list(self.unknown), **_hengpi_dict(self.hengpi)}
 
 
@@ -125,6 +128,9 @@ class Options:
     pos: bool = False
     """Score 词性对仗 too (duilian.pos: jieba's tags, position by position; `Candidate.pos`). Off by default: jieba
     takes 1-2 s to load, longer than the whole of a first `duilian generate`; the server loads it once."""
+    lm_weight: float | None = None
+    """β of the anti-LM term, score - β · log P(下联) read as a line from [CLS] (per token): a line likely whatever
+    the 上联 (万象新, 步步高) counts less. None: the model's default (config.json "duilian"), else 0."""
     reverse_weight: float | None = None
     """λ of the noisy-channel ranking, score + λ · log P(上联 | 下联) (per token): a 下联 from which the 上联 can be
     recovered answers it; a generic one does not. None: the model's own default (config.json "duilian"), 0 for a
@@ -137,6 +143,8 @@ class Options:
             raise ValueError(f"hengpi is a count from 0 to {MAX_HENGPI}, not {self.hengpi!r}")
         if self.reverse_weight is not None and not 0 <= self.reverse_weight <= MAX_REVERSE_WEIGHT:
             raise ValueError(f"reverse_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.reverse_weight}")
+        if self.lm_weight is not None and not 0 <= self.lm_weight <= MAX_REVERSE_WEIGHT:
+            raise ValueError(f"lm_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.lm_weight}")
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
@@ -246,12 +254,14 @@ class Couplets:
     def complete_batch(self, uppers: list[str], n: int = 5, *, seed: int | None | list[int | None] = None,
                        temperature: float | list[float] = Options.temperature, top_k: int | list[int] = Options.top_k,
                        top_p: float | list[float] = Options.top_p, wanted: list[Callable[[], bool]] | None = None,
-                       **options) -> list[list[Candidate]]:
+                       whole_pool: bool = False, **options) -> list[list[Candidate]]:
         """complete() for many 上联 in one decoding pass. `seed`, `temperature`, `top_k` and `top_p` are each one
         value for all, or a list with one per 上联 (seed None: unseeded); either way each 上联 gets what it would
         get alone with its own. Temperatures must be all greedy (below decode.GREEDY_BELOW) or none: greedy
         changes the search's shape. `wanted`: one callable per 上联, asked between decoding steps; a 上联 whose
-        callable returns False leaves the pass and gets [] (the server's requests whose clients have left)."""
+        callable returns False leaves the pass and gets [] (the server's requests whose clients have left).
+        `whole_pool`: when the candidates are reranked, every one the search found (the beam's 5 and the samples),
+        best first, not only the first n (for benchmarks/rerank_sweep.py, which re-sorts them)."""
         seeds = _one_per_line(seed, len(uppers), "seeds")
         if any(s is not None and not isinstance(s, int) for s in seeds):
             raise ValueError("a seed is an int or None")
@@ -264,15 +274,24 @@ class Couplets:
         lines = [self.read(u, opts.script) for u in uppers]
         specs = [replace(self.lower_spec(line, opts), seed=s, temperature=t, top_k=k, top_p=p, wanted=w)
                  for line, s, t, k, p, w in zip(lines, seeds, *sampling.values(), wanted)]
-        search, weight = opts.search(), self.reverse_weight(opts)
-        if weight and search.method == "sample" and search.first == "beam" and not search.greedy:
+        search, weight, lm_weight = opts.search(), self.reverse_weight(opts), self.lm_weight(opts)
+        reranked = bool(weight or lm_weight)
+        if reranked and search.method == "sample" and search.first == "beam" and not search.greedy:
             search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
         hyps = decode.decode(self.net, self.vocab, specs, search)
-        reverse = self._reverse(lines, hyps) if weight else [[None] * len(hs) for hs in hyps]
+        none = [[None] * len(hs) for hs in hyps]
+        reverse = self._reverse(lines, hyps) if weight else none
+        prior = self._line_prior(hyps) if lm_weight else none
         out = []
-        for line, hs, rs in zip(lines, hyps, reverse):
-            cands = [self._candidate(line, h, opts, r, weight) for h, r in zip(hs, rs)]
-            out.append(sorted(cands, key=lambda c: -c.score)[:n] if weight else cands)
+        for line, hs, rs, ps in zip(lines, hyps, reverse, prior):
+            cands = [self._candidate(line, h, opts, r, weight, p, lm_weight) for h, r, p in zip(hs, rs, ps)]
+            if reranked:
+                ranked = sorted(range(len(cands)), key=lambda i: -cands[i].score)
+                if not whole_pool and search.leads > 1:
+                    # the best of the whole pool leads; the rest are the samples, which vary, not the other beams
+                    ranked = ranked[:1] + [i for i in ranked[1:] if not hs[i].beam]
+                cands = [cands[i] for i in ranked][:None if whole_pool else n]
+            out.append(cands)
         return out
 
     def reverse_weight(self, opts: "Options") -> float:
@@ -283,6 +302,24 @@ class Couplets:
             return 0.0
         return float(info.get("reverse_weight", DEFAULT_REVERSE_WEIGHT) if opts.reverse_weight is None
                      else opts.reverse_weight)
+
+    def lm_weight(self, opts: "Options") -> float:
+        """The anti-LM β these options ask for: theirs, else the model's default (config.json "duilian"), else 0."""
+        if opts.lm_weight is not None:
+            return float(opts.lm_weight)
+        return float((self.weights.config.get("duilian") or {}).get("lm_weight", 0.0))
+
+    def _line_prior(self, hyps: list[list[decode.Hypothesis]]) -> list[list[float]]:
+        """Per hypothesis, the mean log-prob of the 下联's tokens and the '-' after it read as a line from [CLS]: how
+        likely the line is whatever it answers (万象新 and 步步高 lines are likely everywhere)."""
+        tok = self.tokenizer
+        seqs = [[tok.cls_id, *h.tokens, tok.separator_id] for hs in hyps for h in hs]
+        flat = [float(lp.mean()) for lp in self._teacher_forced(seqs, [1] * len(seqs), self.net)]
+        out, i = [], 0
+        for hs in hyps:
+            out.append(flat[i:i + len(hs)])
+            i += len(hs)
+        return out
 
     def _reverse(self, lines: list[Line], hyps: list[list[decode.Hypothesis]]) -> list[list[float]]:
         """Per hypothesis, mean log P(上联 tokens, [SEP] | [CLS] [REV] 下联 -): how well the 下联 predicts its 上联."""
@@ -346,15 +383,16 @@ class Couplets:
         return _same_character_ids(self.tokenizer)
 
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options, reverse: float | None = None,
-                   weight: float = 0.0) -> Candidate:
+                   weight: float = 0.0, prior: float | None = None, lm_weight: float = 0.0) -> Candidate:
         lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens
         text = to_traditional(lower) if line.script == "traditional" else lower
         # Checked against the 上联 the user sent, in both scripts: 云 beside 雲 is a copy.
         checks = check_pair(line.text, text, allow_upper_chars=opts.allow_upper_chars, forms=char_forms)
-        score = h.score + weight * reverse if reverse is not None else h.score
+        score = h.score + (weight * reverse if reverse is not None else 0.0) - (lm_weight * prior if prior is not None
+                                                                                else 0.0)
         return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score, checks=checks,
                          unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script),
-                         reverse=reverse, pos=parallelism(line.model_text, lower) if opts.pos else None)
+                         reverse=reverse, prior=prior, pos=parallelism(line.model_text, lower) if opts.pos else None)
 
     # --- 横批 -------------------------------------------------------------------------------------------------
     def hengpi(self, upper: str, lower: str, k: int = HENGPI_OFFERED) -> list[Hengpi]:

@@ -243,6 +243,9 @@ class Hypothesis:
     """Mean per-token log-prob under the constrained distribution (forced tokens count 0)."""
     rule_score: float
     score: float
+    beam: bool = False
+    """Found by beam search (else sampled): a reranker may pick its lead among the beams, then keeps the samples,
+    which differ more from each other, for the rest."""
 
 
 # --- the model: GPT-2 with a preallocated KV cache ------------------------------------------------------------------
@@ -978,11 +981,12 @@ def _beam(net, vocab, specs, search, device, start=None):
     alive = torch.isfinite(beam.view(-1))
     if withdrawn is not None:  # a withdrawn line's beams are unfinished
         alive &= ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
-    _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab)
+    _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab,
+             beam=True)
     return [sorted(f.values(), key=lambda h: -h.score)[:W] for f in found]
 
 
-def _collect(found, rows, out, logprob, rules, vocab):
+def _collect(found, rows, out, logprob, rules, vocab, beam: bool = False):
     """Add finished rows to found[line] as Hypotheses (deduplicated by tokens)."""
     rule = rule_scores(rules, vocab, rows, out)
     score = logprob + RULE_WEIGHT * rule
@@ -994,4 +998,4 @@ def _collect(found, rows, out, logprob, rules, vocab):
         toks = toks[:n]  # a shorter line's filler is cut off
         key = tuple(toks)
         if key not in found[r] or found[r][key].score < sc:
-            found[r][key] = Hypothesis(tokens=toks, logprob=lp, rule_score=rs, score=sc)
+            found[r][key] = Hypothesis(tokens=toks, logprob=lp, rule_score=rs, score=sc, beam=beam)

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 INSTRUCTIONS = Path(__file__).with_name("judge_instructions.md")
+COMPOSE_INSTRUCTIONS = Path(__file__).with_name("judge_compose_instructions.md")
 
 
 def cmd_lines(args) -> None:
@@ -81,9 +82,12 @@ def cmd_make(args) -> None:
                     args.a: row[a], args.b: row[b]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = [INSTRUCTIONS.read_text(encoding="utf-8").split("---", 1)[1].strip(), "", "## Items", ""]
+    instructions = Path(args.instructions) if args.instructions else COMPOSE_INSTRUCTIONS if args.compose \
+        else INSTRUCTIONS
+    prompt, line = ("主题", "对联") if args.compose else ("上联", "下联")
+    text = [instructions.read_text(encoding="utf-8").split("---", 1)[1].strip(), "", "## Items", ""]
     for i, (u, one, two) in enumerate(items, start=1):
-        text += [f"{i}. 上联：{u}", f"   下联 1：{one}", f"   下联 2：{two}", ""]
+        text += [f"{i}. {prompt}：{u}", f"   {line} 1：{one}", f"   {line} 2：{two}", ""]
     (out / "items.md").write_text("\n".join(text), encoding="utf-8")
     (out / "key.json").write_text(json.dumps({"a": args.a, "b": args.b, "identical": same, "items": key},
                                              ensure_ascii=False, indent=1), encoding="utf-8")
@@ -158,6 +162,10 @@ def main(argv=None) -> None:
     p.add_argument("--b", required=True, help="the system it is compared with, e.g. human")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    p.add_argument("--compose", action="store_true",
+                   help="items are theme words and two whole couplets (benchmarks/bench_compose.py's lines.tsv), "
+                        "judged by judge_compose_instructions.md")
+    p.add_argument("--instructions", default=None, help="another fixed instructions file (default: by the kind)")
     p.set_defaults(run=cmd_make)
     p = sub.add_parser("score", help="the table from the judge's answers")
     p.add_argument("dir")

@@ -80,7 +80,7 @@ def cpu_info() -> dict:
     fbgemm's instruction cap if one is set (FBGEMM_ENABLE_INSTRUCTIONS=AVX2 runs the non-VNNI kernels)."""
     import os
 
-    from duilian.decode import int8_full_range
+    from duilian.gpt import int8_full_range
 
     return {"capability": torch.backends.cpu.get_cpu_capability(), "int8_full_range": int8_full_range(),
             "fbgemm_override": os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "")}
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.int8:
-        from duilian.decode import check_int8_engine
+        from duilian.gpt import check_int8_engine
 
         try:
             check_int8_engine()

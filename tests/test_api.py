@@ -214,7 +214,7 @@ def test_candidate_logprob_is_the_constrained_model_log_prob(c, hf_model):
 def test_int8_weights_write_what_fp32_writes_up_to_rounding(model_dir, c, hf_model):
     """The masks make any weights' lines right in form, so form alone says nothing about int8: its lines
     and log-probs are compared with fp32's on 60 real 上联."""
-    from duilian.decode import check_int8_engine
+    from duilian.gpt import check_int8_engine
 
     try:
         check_int8_engine()

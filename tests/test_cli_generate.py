@@ -123,7 +123,7 @@ def test_generate_int8_writes_what_fp32_writes_up_to_rounding(model_dir, tmp_pat
     """--int8 against the fp32 run on 60 real 上联, greedy so each gives one line: mostly the same lines, and
     the same line with nearly the same log-prob. The masks make any weights' lines right in form, so only
     this comparison shows the int8 weights compute what the model does."""
-    from duilian.decode import check_int8_engine
+    from duilian.gpt import check_int8_engine
 
     try:
         check_int8_engine()

@@ -50,14 +50,17 @@ OUTPUT = {"old": "target.output_layer.weight", "new": "target.lm.output_layer.we
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random GPT-2 (2 layers, hidden 64, 2 heads) and its HuggingFace export."""
-    model = build_model("tiny", seed=0).eval()
-    return model, export_model(model, tmp_path_factory.mktemp("tiny_hf"))
+    """A tiny random GPT-2 (2 layers, hidden 64, 2 heads) as its HuggingFace export, and the export read back by
+    transformers (what a conversion's output, read back the same way, must equal exactly)."""
+    hf_dir = export_model(build_model("tiny", seed=0), tmp_path_factory.mktemp("tiny_hf"))
+    return GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval(), hf_dir
 
 
 def logits(model, ids):
+    """Logits of a gpt.GPT (a tensor) or of transformers' GPT2LMHeadModel (an output holding them)."""
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits
+        out = model(torch.tensor([ids]))
+    return getattr(out, "logits", out)
 
 
 def hand_built_uer(layout: str, hidden=8, positions=16, inner=32, layers=2, output=None, seed=0):

@@ -24,7 +24,7 @@ import torch
 from duilian import train as train_module
 from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines, write_dataset
 from duilian.export import export_model
-from duilian.model import build_model, init_from_model_dir
+from duilian.model import build_model, init_from_model_dir, to_transformers
 from duilian.tokenizer import default_tokenizer
 from duilian.model import PRESETS
 from duilian.train import (
@@ -174,7 +174,7 @@ def test_loss_ignores_padding(data_dir):
             sums.append(loss(torch.from_numpy(b.inputs), torch.from_numpy(b.targets), keep).item())
     assert sums[0] == pytest.approx(sums[1], rel=1e-5)
     # and the sum matches transformers' own loss (mean over the same tokens) on the unpadded lines
-    model = loss.model
+    model = to_transformers(loss.model).eval()
     ref = 0.0
     for i in idx:
         x = torch.from_numpy(split[int(i)])[None]

@@ -137,11 +137,12 @@ class Options:
 
 def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
          quantize: str | None = None) -> "Couplets":
-    """A Couplets for a HuggingFace GPT-2 directory (a duilian export or a copy of
-    uer/gpt2-chinese-couplet), an already loaded GPT2LMHeadModel, or None for the embedded default model.
-    A directory is read straight into tensors (model.GPT2Weights): transformers is not imported.
+    """A Couplets for a HuggingFace GPT-2 directory (a duilian export or a copy of uer/gpt2-chinese-couplet), a
+    Hugging Face Hub id such as "uer/gpt2-chinese-couplet" (fetched into huggingface_hub's cache, or read from it
+    offline), an already loaded model (a gpt.GPT or a transformers GPT2LMHeadModel), or None for the embedded
+    default model. A directory is read straight into tensors (model.load_gpt): transformers is not imported.
 
-    quantize="int8" decodes with int8 weights (CPU only; see decode.LeanGPT2): several times faster on a
+    quantize="int8" decodes with int8 weights (CPU only; see gpt.GPT.for_decoding): several times faster on a
     CPU, log-probs within a few hundredths of a nat. `score` always uses the model's own weights."""
     if model is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -151,14 +152,14 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
             )
         model = DEFAULT_MODEL_DIR
     if isinstance(model, (str, Path)):
-        path = Path(model)
-        from .model import GPT2Weights, is_hf_model_dir
+        from .model import is_hf_model_dir, load_gpt, model_dir
 
+        path = model_dir(model)
         if not is_hf_model_dir(path):
             hint = "; it looks like a training run: `duilian export --checkpoint RUN --out DIR` first" \
                 if (path / "checkpoints").is_dir() or (path / "final.pt").is_file() else ""
             raise FileNotFoundError(f"{path} is not a HuggingFace model directory{hint}")
-        return Couplets(GPT2Weights.from_dir(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize)
+        return Couplets(load_gpt(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize)
     return Couplets(model.to(device).eval(), quantize=quantize)
 
 
@@ -185,22 +186,25 @@ class Couplets:
     """A model and tokenizer ready to write couplets. Build it with duilian.load()."""
 
     def __init__(self, model, tokenizer: Tokenizer | None = None, quantize: str | None = None):
-        """model: a model.GPT2Weights or a transformers GPT2LMHeadModel (whose weights are used as they are)."""
-        from .model import GPT2Weights
+        """model: a gpt.GPT, or a transformers GPT2LMHeadModel (its weights are used as they are, not copied)."""
+        from .gpt import GPT
 
+        if not isinstance(model, GPT):
+            from .model import from_transformers
+
+            model = from_transformers(model)
         self.model = model
-        self.weights = model if isinstance(model, GPT2Weights) else GPT2Weights.of(model)
         self.tokenizer = tokenizer or default_tokenizer()
-        if self.weights.vocab_size != len(self.tokenizer):
-            raise ValueError(f"the model's vocabulary has {self.weights.vocab_size} tokens, the tokenizer "
+        if model.config.vocab_size != len(self.tokenizer):
+            raise ValueError(f"the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer "
                              f"{len(self.tokenizer)}: not a duilian / gpt2-chinese-couplet model")
-        self.device = self.weights.device
-        self.n_positions = self.weights.n_positions
+        self.device = model.device
+        self.n_positions = model.n_positions
         self.max_chars = min(MAX_CHARS, (self.n_positions - 3) // 2)
         self.vocab = vocab_tables(self.tokenizer).to(self.device)
         self.quantize = quantize
-        """None, or "int8": the weights the decoder runs with (decode.QUANTIZE)."""
-        self.net = decode.LeanGPT2(self.weights, self.vocab, quantize=quantize)
+        """None, or "int8": the weights the decoder runs with (gpt.QUANTIZE)."""
+        self.net = model.for_decoding(self.vocab.ids, quantize=quantize)
         # score() uses the model's own weights, whatever the decoder runs with.
         self._scorer = self.net if quantize is None else None
 
@@ -259,7 +263,7 @@ class Couplets:
         search, weight = opts.search(), self.reverse_weight(opts)
         if weight and search.method == "sample" and search.first == "beam" and not search.greedy:
             search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
-        hyps = decode.decode(self.net, self.vocab, specs, search)
+        hyps = decode.generate(self.net, self.vocab, specs, search)
         reverse = self._reverse(lines, hyps) if weight else [[None] * len(hs) for hs in hyps]
         out = []
         for line, hs, rs in zip(lines, hyps, reverse):
@@ -270,7 +274,7 @@ class Couplets:
     def reverse_weight(self, opts: "Options") -> float:
         """The noisy-channel λ these options ask for: theirs, else the model's default; 0 for a model that never
         read a line backward (its log P(上联 | 下联) would mean nothing)."""
-        info = self.weights.config.get("duilian") or {}
+        info = self.model.config.duilian or {}
         if not (info.get("lines") or {}).get("backward") or self.tokenizer.reverse_id is None:
             return 0.0
         return float(info.get("reverse_weight", DEFAULT_REVERSE_WEIGHT) if opts.reverse_weight is None
@@ -361,7 +365,7 @@ class Couplets:
             return ()
         from . import hengpi
 
-        found = hengpi.suggest(upper, lower, k, embeddings=self.weights.tensors["transformer.wte.weight"],
+        found = hengpi.suggest(upper, lower, k, embeddings=self.model.transformer.wte.weight.detach(),
                                tokens=self.tokenizer.tokens)
         if script == "traditional":
             found = [Hengpi(to_traditional(h.text), h.score) for h in found]
@@ -412,14 +416,14 @@ class Couplets:
             seed=opts.seed,
             wanted=wanted,
         )
-        uppers = decode.decode(self.net, self.vocab, [upper_spec], opts.search())[0]
+        uppers = decode.generate(self.net, self.vocab, [upper_spec], opts.search())[0]
         if not uppers:
             return []
         # 2) One 下联 per 上联, the best of a few, starting with the second head.
         upper_texts = [self.tokenizer.decode(h.tokens) for h in uppers]
         lower_opts = Options(**{**opts.__dict__, "n": ACROSTIC_LOWERS})
         specs = [replace(self.lower_spec(u, lower_opts, first=heads[1], at=at), wanted=wanted) for u in upper_texts]
-        lowers = decode.decode(self.net, self.vocab, specs, lower_opts.search())
+        lowers = decode.generate(self.net, self.vocab, specs, lower_opts.search())
         if wanted is not None and not wanted():
             return []
         out = []
@@ -454,7 +458,7 @@ class Couplets:
         if len(max(seqs, key=len, default=[])) > self.n_positions:
             raise CoupletInputError(f"a couplet is longer than the model's {self.n_positions} positions")
         if self._scorer is None:
-            self._scorer = decode.LeanGPT2(self.weights, self.vocab)
+            self._scorer = self.model.for_decoding(self.vocab.ids)
         unk = self.tokenizer.unk_id
         return [lp[torch.tensor(s[st:]) != unk].sum().item()
                 for lp, s, st in zip(self._teacher_forced(seqs, starts, self._scorer), seqs, starts)]

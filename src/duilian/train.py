@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
-from transformers import GPT2LMHeadModel
 
+from .gpt import GPT
 from .dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, hide_upper, read_tokenizer, v5_prompt_lines
 from .model import PRESETS, Preset, build_model, count_parameters, init_from_model_dir
 from .text import is_han
@@ -254,19 +253,16 @@ class LMLoss(nn.Module):
     carry a target, so padding costs the transformer body but not the head.
     """
 
-    def __init__(self, model: GPT2LMHeadModel):
+    def __init__(self, model: GPT):
         super().__init__()
         self.model = model
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         # inputs, targets: (B, T); keep: (N,) flat indices of positions whose target is real
-        h = self.model.transformer(input_ids=inputs, use_cache=False).last_hidden_state  # (B, T, C)
-        h = h.reshape(-1, h.size(-1)).index_select(0, keep)  # (N, C)
-        logits = self.model.lm_head(h)  # (N, V)
-        return F.cross_entropy(logits.float(), targets.reshape(-1).index_select(0, keep), reduction="sum")
+        return self.model(inputs, targets, keep)
 
 
-def flops_per_token(model: GPT2LMHeadModel) -> int:
+def flops_per_token(model: GPT) -> int:
     """6 × the parameters that do matmuls per token (position embeddings are a lookup; the tied
     token embedding counts once, as the output projection). Attention is added per batch."""
     return 6 * (count_parameters(model) - model.transformer.wpe.weight.numel())
@@ -309,9 +305,13 @@ def _dataset_lines(data: str | Path) -> dict:
 
 
 def _transformers_version() -> str:
-    import transformers
+    """The installed transformers' version, read without importing it (seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return transformers.__version__
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "none"
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, cfg: TrainConfig,
@@ -387,8 +387,8 @@ def checkpoint_tokenizer(ckpt: dict) -> Tokenizer:
     return Tokenizer(tuple(ckpt["tokens"])) if "tokens" in ckpt else default_tokenizer()
 
 
-def model_from_checkpoint(path: str | Path | dict, device: str | torch.device = "cpu") -> GPT2LMHeadModel:
-    """A GPT2LMHeadModel (eval mode, fp32) rebuilt from a checkpoint file or run directory (or a checkpoint
+def model_from_checkpoint(path: str | Path | dict, device: str | torch.device = "cpu") -> GPT:
+    """A GPT (eval mode, fp32) rebuilt from a checkpoint file or run directory (or a checkpoint
     dict already read with load_checkpoint)."""
     ckpt = path if isinstance(path, dict) else load_checkpoint(path)
     model = build_model(Preset(**ckpt["preset"]), dropout=ckpt["dropout"], tokenizer=checkpoint_tokenizer(ckpt))
@@ -534,7 +534,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict:
     # Compile the body in place (nn.Module.compile): the module keeps its names, so state_dict() has
     # no `_orig_mod.` prefix. The head + loss stay eager: their row count changes every batch.
     if cfg.compile:
-        model.transformer.compile()
+        model.compile_blocks()
     loss_module = LMLoss(model)
     ddp_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=[d.local_rank] if cuda else None) \
         if d.ddp else loss_module

@@ -199,12 +199,35 @@ def test_cli_has_a_flag_per_config_field_and_keeps_the_seed_defaults():
     assert set(config_fields()) == dests
     args = p.parse_args(["--data", "D", "--out", "O"])
     cfg = TrainConfig(**vars(args))
+    assert cfg == TrainConfig(data="D", out="O")
     assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.warmup, cfg.seq_len, cfg.save_every, cfg.report_every,
             cfg.shape()) == (25_000, 5e-4, 64, 0.1, 64, 5000, 1000, PRESETS["base"])
     args = p.parse_args(["--data", "D", "--out", "O", "--pad", "fixed", "--bucket", "--steps", "7"])
     assert (args.pad, args.bucket, args.steps) == ("fixed", True, 7)
+    with pytest.raises(SystemExit):  # choices come from the Literal type
+        p.parse_args(["--data", "D", "--out", "O", "--dtype", "fp16"])
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(data="D", out="O", preset="huge")
+    with pytest.raises(ValueError, match="pad must be one of fixed, batch"):
+        TrainConfig(data="D", out="O", pad="none")
+
+
+def test_train_help_shows_every_field_with_its_true_default(capsys):
+    """`duilian train --help` is generated from TrainConfig: every field's flag, its help text, its choices and its
+    default as the dataclass holds it (the help cannot say 0.1 while the field says 0.2)."""
+    from duilian.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    squeeze = lambda s: "".join(s.split())  # noqa: E731  (argparse wraps lines, at spaces and after hyphens)
+    text = squeeze(capsys.readouterr().out)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text and squeeze(f.metadata["help"]) in text, flag
+        if f.default is not dataclasses.MISSING:
+            assert squeeze(f"{f.metadata['help']} (default: {f.default!r})") in text, flag
+    assert all(squeeze(choices) in text for choices in ("--pad {fixed,batch}", "--device {auto,cpu,cuda}",
+                                                        "--dtype {auto,bf16,fp32}"))
 
 
 @pytest.mark.slow

@@ -62,6 +62,27 @@ def test_no_default_model_says_how_to_make_one(monkeypatch, tmp_path):
     assert isinstance(e.value, FileNotFoundError) and "--model DIR" in str(e.value)
 
 
+def test_a_hub_id_loads_from_huggingface_hubs_cache_offline(tmp_path, monkeypatch):
+    """duilian.load("owner/name") goes through huggingface_hub: a model it has cached loads with the Hub out of
+    reach (HF_HUB_OFFLINE); one it has not is a FileNotFoundError that says what was looked for."""
+    import huggingface_hub.constants
+
+    from hub import hub_cache
+
+    cache, model = hub_cache(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    c = duilian.load("uer/gpt2-chinese-couplet")
+    assert torch.equal(c.model.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
+    assert c.complete("丹枫江冷人初去", n=2, seed=0)
+    with pytest.raises(FileNotFoundError, match="uer/not-cached is neither a local directory nor a Hugging Face"):
+        duilian.load("uer/not-cached")
+    monkeypatch.chdir(tmp_path)  # a local directory of that name is the directory, not the Hub's model
+    (tmp_path / "uer" / "gpt2-chinese-couplet").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="not a HuggingFace model directory"):
+        duilian.load("uer/gpt2-chinese-couplet")
+
+
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a HuggingFace model directory"):
         duilian.load(tmp_path)

@@ -111,6 +111,24 @@ def test_no_default_model_exits_2(monkeypatch, tmp_path, capsys):
     assert "no default model yet" in capsys.readouterr().err
 
 
+def test_model_may_be_a_hugging_face_hub_id_read_from_its_cache_offline(tmp_path):
+    """--model owner/name: the Hub's model through huggingface_hub, here from a cache the test built, with the
+    Hub out of reach (HF_HUB_OFFLINE=1), in a fresh process as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from hub import hub_cache
+
+    cache, _ = hub_cache(tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "duilian", "generate", "丹枫江冷人初去", "--model",
+                           "uer/gpt2-chinese-couplet", "-n", "2", "--seed", "1"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert all(check_pair("丹枫江冷人初去", line.split("\t")[0]).valid for line in done.stdout.splitlines())
+
+
 def test_acrostic(model_dir, capsys):
     assert main(["acrostic", "春福", "--length", "5", "-n", "2", "--model", model_dir, "--json", "--seed", "0"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -19,11 +19,19 @@ from typing import Callable
 import torch
 
 from . import decode
-from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
 from .compose import ComposedCouplet
 from .hengpi import Hengpi
-from .script import (SCRIPTS, answer_script, char_forms, each_simplified, each_traditional, to_simplified,
-                     to_simplified_apart, to_traditional)
+from .rules import LEVEL, OBLIQUE, FormChecks, check_pair, decoder_tones, lower_spec, tone_of
+from .script import (
+    SCRIPTS,
+    answer_script,
+    char_forms,
+    each_simplified,
+    each_traditional,
+    to_simplified,
+    to_simplified_apart,
+    to_traditional,
+)
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
 
@@ -39,7 +47,7 @@ default model's card)."""
 MAX_REVERSE_WEIGHT = 5.0
 """Largest noisy-channel weight accepted: beyond a few the ranking ignores the forward model altogether."""
 
-_TONE_CODE = {None: decode.TONE_NONE, LEVEL: decode.TONE_LEVEL, OBLIQUE: decode.TONE_OBLIQUE}
+_TONE_CODE = decoder_tones()
 
 
 class NoDefaultModelError(FileNotFoundError):
@@ -299,42 +307,11 @@ class Couplets:
         return out
 
     def lower_spec(self, upper: Line | str, opts: Options, first: str | None = None, at: int = 0) -> decode.LineSpec:
-        """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
-        forces the character at position `at` (嵌字; simplified, in the vocabulary).
-
-        The prompt is what the model reads (model_text, unknown characters as [UNK]). 重字 and no-copy come from
-        the 上联 as the user sent it (`text`): simplifying merges characters (雲 and 云 are both 云), and a 下联
-        that repeated where the simplified reading repeats would break the rules for the line that was sent.
-        Every token that is a 上联 character in either script is banned (script.char_forms). Tones come from the
-        上联 in the answer's script; its final rule applies when either script's last character is 仄."""
+        """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position
+        (rules.lower_spec). `first` forces the character at position `at` (嵌字; simplified, in the vocabulary)."""
         line = upper if isinstance(upper, Line) else Line(upper, upper, "simplified", upper, ())
-        text, shown = line.text, line.shown
-        ids = self._ids(line.model_text)
-        n = len(text)
-        pattern = repeat_pattern(text)
-        punct = [is_punct(ch) for ch in text]
-        forced = [ids[i] if punct[i] else -1 for i in range(n)]
-        if first is not None:
-            forced[at] = self._ids(first)[0]
-        last = max(i for i, ch in enumerate(text) if is_han(ch))
-        ends_oblique = OBLIQUE in (tone_of(text[last]), tone_of(shown[last]))
-        rhythm = set(rhythm_positions(shown))
-        same = self._same_character_ids  # a character's forms -> the tokens that are it in some script
-        upper_ids = {ids[i] for i in range(n) if not punct[i]}
-        upper_ids.update(t for ch in text if is_han(ch) for form in char_forms(ch) for t in same.get(form, ()))
-        return decode.LineSpec(
-            prompt=[self.tokenizer.cls_id, *ids, self.tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
-            length=n,
-            forced=forced,
-            repeat_of=[i if punct[i] else pattern[i] for i in range(n)],
-            distinct=True,
-            banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
-            banned=[] if opts.allow_upper_chars else sorted(upper_ids),
-            final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
-            final_rule=decode.END_LEVEL if opts.require_level_ending and ends_oblique else decode.END_ANY,
-            rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
-            seed=opts.seed,
-        )
+        return lower_spec(line, self.tokenizer, self._same_character_ids, allow_upper_chars=opts.allow_upper_chars,
+                          require_level_ending=opts.require_level_ending, first=first, at=at, seed=opts.seed)
 
     @cached_property
     def _same_character_ids(self) -> dict[str, tuple[int, ...]]:

@@ -2,8 +2,8 @@
 
 The engine knows nothing about text, and nothing of the model but its decoding interface (gpt.GPT.start, then
 select and step on the KV cache it returns). It sees token ids and, for each line to write, a `LineSpec`: the prompt
-ids and the per-position rules that api.py derives from the 上联 (length, punctuation, 重字, no copying, the
-final tone). Every rule is a mask on the next-token logits applied *while* decoding, so a candidate is right
+ids and the per-position rules that rules.lower_spec derives from the 上联 (length, punctuation, 重字, no copying,
+the final tone). Every rule is a mask on the next-token logits applied *while* decoding, so a candidate is right
 in form by construction rather than filtered afterwards:
 
     step t, row r:   allowed[r] = one Han character                          (never [SEP], Latin, ##, digits)

@@ -105,7 +105,8 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": str(torch.__version__), "steps": args.steps, "batch_size": args.batch_size, "runs": {}}
     first = args.presets[0]
-    result["runs"][f"baseline/{first}"] = baseline(args.data, first, args.steps, args.batch_size, device, args.peak_flops)
+    result["runs"][f"baseline/{first}"] = baseline(args.data, first, args.steps, args.batch_size, device,
+                                                   args.peak_flops)
     print(json.dumps(result["runs"][f"baseline/{first}"]), flush=True)
     for preset in args.presets:
         compile = not args.no_compile

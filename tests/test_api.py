@@ -66,7 +66,6 @@ def test_a_hub_id_loads_from_huggingface_hubs_cache_offline(tmp_path, monkeypatc
     """duilian.load("owner/name") goes through huggingface_hub: a model it has cached loads with the Hub out of
     reach (HF_HUB_OFFLINE); one it has not is a FileNotFoundError that says what was looked for."""
     import huggingface_hub.constants
-
     from hub import hub_cache
 
     cache, model = hub_cache(tmp_path / "hub")
@@ -164,8 +163,10 @@ def test_embedded_characters_stand_at_the_asked_place(c, heads, position, at):
 
 
 @pytest.mark.parametrize("heads, position, reason", [
-    ("伟娜", "last", "娜 is oblique .仄.: it cannot end the 下联"), ("天月", "last", "天 is level .平.: it cannot end the 上联"),
-    ("伟娜", 8, "past the end of a 7-character line"), ("伟娜", 0, "past the end"), ("伟娜", "middle", "a number from 1"),
+    ("伟娜", "last", "娜 is oblique .仄.: it cannot end the 下联"),
+    ("天月", "last", "天 is level .平.: it cannot end the 上联"),
+    ("伟娜", 8, "past the end of a 7-character line"), ("伟娜", 0, "past the end"),
+    ("伟娜", "middle", "a number from 1"),
 ])
 def test_a_place_that_cannot_hold_the_character_is_refused(c, heads, position, reason):
     with pytest.raises(CoupletInputError, match=reason):

@@ -9,7 +9,7 @@ from transformers import GPT2LMHeadModel
 from duilian import cli
 from duilian.export import export_model, seed_snippet_check
 from duilian.model import build_model
-from duilian.tokenizer import Tokenizer, VOCAB_PATH, default_tokenizer
+from duilian.tokenizer import VOCAB_PATH, Tokenizer, default_tokenizer
 
 
 @pytest.fixture(scope="module")

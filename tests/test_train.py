@@ -24,9 +24,8 @@ import torch
 from duilian import train as train_module
 from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines, write_dataset
 from duilian.export import export_model
-from duilian.model import build_model, init_from_model_dir, to_transformers
+from duilian.model import PRESETS, build_model, init_from_model_dir, to_transformers
 from duilian.tokenizer import default_tokenizer
-from duilian.model import PRESETS
 from duilian.train import (
     TrainConfig,
     config_fields,

@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from . import decode
-from .compose import ComposedCouplet
 from .hengpi import Hengpi
 from .rules import LEVEL, OBLIQUE, FormChecks, check_pair, decoder_tones, lower_spec, tone_of
 from .script import (
@@ -34,6 +33,9 @@ from .script import (
 )
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
+
+if TYPE_CHECKING:
+    from .compose import ComposedCouplet
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 ACROSTIC_LOWERS = 3

@@ -467,7 +467,8 @@ def generate(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[l
     tokens only), or anything with the same start -> (state, logits), state.select / state.step (gpt.Recompute).
     Specs are grouped by (prompt length, line length). Lines may sample with options of their own
     (LineSpec.temperature, top_k, top_p), but greedy and sampled lines change the search's shape (one row per line,
-    no lead beam), so a line's temperature must be greedy exactly when the search's is. A line no longer `wanted` is left out, or leaves its pass at the next step; it gets [].
+    no lead beam), so a line's temperature must be greedy exactly when the search's is. A line no longer `wanted` is
+    left out, or leaves its pass at the next step; it gets [].
     """
     if search.method == "sample":
         for s in specs:

@@ -48,7 +48,8 @@ class Preset:
         c = read_hf_config(model_dir)
         n_inner = c.get("n_inner") or 4 * c["n_embd"]
         if n_inner != 4 * c["n_embd"]:
-            raise ValueError(f"{model_dir}: feed-forward width {n_inner} is not 4 x n_embd; duilian's shapes are GPT-2's")
+            raise ValueError(f"{model_dir}: feed-forward width {n_inner} is not 4 x n_embd; duilian's shapes are "
+                             "GPT-2's")
         return cls(n_layer=c["n_layer"], n_embd=c["n_embd"], n_head=c["n_head"], n_positions=c["n_positions"])
 
 
@@ -117,16 +118,17 @@ def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
     (no `transformer.` prefix) get it added."""
     from safetensors.torch import load_file
 
-    d = Path(model_dir)
-    if (d / "model.safetensors").exists():
-        state = load_file(d / "model.safetensors")
-    elif (d / "model.safetensors.index.json").exists():
-        shards = set(json.loads((d / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"].values())
-        state = {k: v for shard in sorted(shards) for k, v in load_file(d / shard).items()}
-    elif (d / "pytorch_model.bin").exists():
-        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    directory = Path(model_dir)
+    if (directory / "model.safetensors").exists():
+        state = load_file(directory / "model.safetensors")
+    elif (directory / "model.safetensors.index.json").exists():
+        index = json.loads((directory / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        shards = sorted(set(index["weight_map"].values()))
+        state = {k: v for shard in shards for k, v in load_file(directory / shard).items()}
+    elif (directory / "pytorch_model.bin").exists():
+        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"{d} holds no model.safetensors, shard index or pytorch_model.bin")
+        raise FileNotFoundError(f"{directory} holds no model.safetensors, shard index or pytorch_model.bin")
     return {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
 
 
@@ -185,7 +187,8 @@ def init_from_model_dir(model: GPT, model_dir: str | Path, tokens: list[str] | t
                 t.copy_(s)
     matched = int(found.sum())
     new_blocks = sum(new for _, new in plan)
-    return {"matched": matched, "new": len(tokens) - matched, "blocks": len(plan) - new_blocks, "new_blocks": new_blocks}
+    return {"matched": matched, "new": len(tokens) - matched, "blocks": len(plan) - new_blocks,
+            "new_blocks": new_blocks}
 
 
 def grown_layers(source: int, target: int) -> list[tuple[int, bool]]:

@@ -40,8 +40,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .dataset import IGNORE_INDEX, Batch, BatchSchedule, TokenizedSplit, collate, hide_upper, read_tokenizer, \
-    v5_prompt_lines
+from .dataset import (
+    IGNORE_INDEX,
+    Batch,
+    BatchSchedule,
+    TokenizedSplit,
+    collate,
+    hide_upper,
+    read_tokenizer,
+    v5_prompt_lines,
+)
 from .gpt import GPT
 from .model import PRESETS, Preset, build_model, count_parameters, init_from_model_dir
 from .text import is_han
@@ -734,8 +742,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     `path` may be a checkpoint file (step_XXXXXXX.pt or final.pt) or a run directory, which means its
     final.pt if training finished, else its newest step checkpoint. The dict has at least: `model`
-    (state dict of a gpt.GPT, under GPT2LMHeadModel's names), `preset` (Preset fields), `preset_name`, `dropout`, `tokens` (the
-    vocabulary; absent from checkpoints older than corpus vocabularies, which used BERT's), `config`
+    (state dict of a gpt.GPT, under GPT2LMHeadModel's names), `preset` (Preset fields), `preset_name`, `dropout`,
+    `tokens` (the vocabulary; absent from checkpoints older than corpus vocabularies, which used BERT's), `config`
     (TrainConfig as a dict), `step`, `kind` ("final" or "checkpoint"); step checkpoints add
     `optimizer`, `scheduler`, `world_size` and `global_batch`.
     """

@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
     """One flag per field of the dataclass `config`: --name-with-dashes, its type from the annotation (a Literal's
-    values become the choices, a bool that is off by default is a bare --flag), required where the field has no default, the help
-    text from field.metadata["help"] with the default appended by argparse (%(default)r: the true value, never a
-    copy), and a group from metadata["group"], which the fields after it share."""
+    values become the choices, a bool that is off by default is a bare --flag), required where the field has no
+    default, the help text from field.metadata["help"] with the default appended by argparse (%(default)r: the true
+    value, never a copy), and a group from metadata["group"], which the fields after it share."""
     hints = typing.get_type_hints(config)
     group: argparse._ActionsContainer = parser
     for f in dataclasses.fields(config):

@@ -78,7 +78,8 @@ def decode_options(args: argparse.Namespace) -> dict:
     from ..api import HENGPI_OFFERED
 
     return {"method": args.method, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "first": args.first, "script": args.script, "hengpi": HENGPI_OFFERED if args.hengpi else 0}
+            "top_p": args.top_p, "first": args.first, "script": args.script,
+            "hengpi": HENGPI_OFFERED if args.hengpi else 0}
 
 
 def write_svg(path: str, upper: str, lower: str, hengpi) -> None:

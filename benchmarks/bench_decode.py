@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from duilian.api import Couplets, Options
-from duilian.model import build_model, load_model
+from duilian.model import build_model, load_model, to_transformers
 from duilian.rules import check_pair
 from duilian.text import CoupletInputError
 from duilian.tokenizer import Tokenizer, default_tokenizer
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
             print(f"skipping int8: {e}")
             args.int8 = False
     models = [(args.model, load_model(args.model))] if args.model else \
-        [(name, build_model(name, dropout=0.0, seed=0).eval()) for name in args.presets.split(",")]
+        [(name, to_transformers(build_model(name, dropout=0.0, seed=0)).eval()) for name in args.presets.split(",")]
     tokenizer = Tokenizer.from_dir(args.model) if args.model else None
     results = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {N} candidates per 上联")

@@ -71,7 +71,7 @@ def test_the_tone_table_is_pypinyins_single_character_table():
 
 
 def test_the_first_command_imports_neither_transformers_nor_pypinyin(tmp_path):
-    """`duilian generate` on the embedded model decodes from safetensors with the lean decoder: transformers
+    """`duilian generate` on the embedded model decodes from safetensors with gpt.GPT: transformers
     (3 s to import) and pypinyin's package (its phrase dictionary) stay out of the process."""
     import subprocess
     import sys

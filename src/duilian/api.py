@@ -5,8 +5,9 @@
     c.complete("丹枫江冷人初去", n=5)          # -> [Candidate(text="...", score=..., checks=...), ...]
     c.acrostic("春福", length=7)             # -> [AcrosticCouplet(upper=..., lower=...), ...]
 
-This module turns text into ids and each 上联 into a decode.LineSpec (the form rules position by position);
-decode.py does the rest without ever seeing text.
+This module owns the text side: it reads each 上联 (scripts, unknown characters), has rules.lower_spec turn it into
+a decode.LineSpec (the form rules position by position), and turns what decode.py writes, without ever seeing text,
+back into ranked, checked candidates. The model is a gpt.GPT (model.load_gpt reads a directory or a Hub id).
 """
 
 from __future__ import annotations

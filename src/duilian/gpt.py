@@ -136,7 +136,8 @@ class CausalSelfAttention(nn.Module):
         else:
             y = cache.attend(self.layer, q, k, v, self.scale)
         y = self.c_proj(y.transpose(1, 2).reshape(B, T, C))
-        return F.dropout(y, self.dropout) if self.training else y  # (the call costs decoding's small steps 3 µs)
+        # Only in training: decoding takes many small steps, and even a dropout that does nothing costs a call.
+        return F.dropout(y, self.dropout) if self.training else y
 
 
 class MLP(nn.Module):
@@ -184,6 +185,9 @@ def activation(name: str):
 
 # --- the model ----------------------------------------------------------------------------------------------------
 class GPT(nn.Module):
+    """GPT-2: token and position embeddings, n_layer pre-LayerNorm blocks, a final layer norm and the output layer
+    (tied to the token embedding). forward() trains and scores; start() and its KVCache decode."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config

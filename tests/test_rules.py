@@ -72,12 +72,13 @@ def test_the_tone_table_is_pypinyins_single_character_table():
 
 def test_the_first_command_imports_neither_transformers_nor_pypinyin(tmp_path):
     """`duilian generate` on the embedded model decodes from safetensors with gpt.GPT: transformers
-    (3 s to import) and pypinyin's package (its phrase dictionary) stay out of the process."""
+    (3 s to import), pypinyin's package (its phrase dictionary) and torch._dynamo (1.9 s; a normal_ on the meta
+    device imports it) stay out of the process."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom duilian.cli import main\nrc = main(['generate', '丹枫江冷人初去', '-n', '1'])\n"
-            "print(rc, sorted(m for m in ('transformers', 'pypinyin') if m in sys.modules))")
+            "print(rc, sorted(m for m in ('transformers', 'pypinyin', 'torch._dynamo') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lower, result = done.stdout.strip().splitlines()

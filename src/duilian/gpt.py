@@ -191,16 +191,21 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        # The embeddings get empty tensors, so that nn.Embedding does not initialise them itself: init_weights does
+        # (and on the meta device its normal_ would import torch._dynamo, 1.9 s of the first command).
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.n_positions, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)),
+            wpe=nn.Embedding(config.n_positions, config.n_embd,
+                             _weight=torch.empty(config.n_positions, config.n_embd)),
             h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
+        tied = config.tie_word_embeddings  # then the output layer is the embedding: its own weight is never made
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False, device="meta" if tied else None)
+        if tied:
             self.lm_head.weight = self.transformer.wte.weight
-        self.init_weights()  # on the meta device (a model about to receive its weights) this costs nothing
+        if self.device.type != "meta":  # on the meta device, a model about to receive its weights (model.load_gpt)
+            self.init_weights()
         self.emit: nn.Module | None = None
         """Decoding copies only (for_decoding): the output layer for the emittable tokens, [n_embd] -> [V']."""
         self.quantize: str | None = None

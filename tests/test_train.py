@@ -607,8 +607,8 @@ def test_every_source_s_validation_split_is_scored_and_markers_never_take_the_v5
     b.write_text("".join(f"{u}\t{l}\n" for u, l in pairs[150:]), encoding="utf-8")
     data = tmp_path / "d"
     prepare(PrepareConfig([str(a), str(b)], str(data), val_fraction=0.1, directions="both", keywords=0.3, min_count=1))
-    with one_thread():
-        got = train(tiny(data, tmp_path / "run", steps=4, eval_every=2, v5_prompt_frac=0.5))
+    with one_thread():  # every validation line scored (10 batches of 8), so "val" is a's and b's lines together
+        got = train(tiny(data, tmp_path / "run", steps=4, eval_every=2, eval_batches=10, v5_prompt_frac=0.5))
     assert {"val_loss", "val_loss.a", "val_loss.b"} <= set(got)
     assert min(got["val_loss.a"], got["val_loss.b"]) <= got["val_loss"] <= max(got["val_loss.a"], got["val_loss.b"])
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

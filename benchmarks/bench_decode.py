@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from duilian.api import Couplets, Options
-from duilian.model import build_model, load_model
+from duilian.model import build_model, load_model, to_transformers
 from duilian.rules import check_pair
 from duilian.text import CoupletInputError
 from duilian.tokenizer import Tokenizer, default_tokenizer
@@ -80,7 +80,7 @@ def cpu_info() -> dict:
     fbgemm's instruction cap if one is set (FBGEMM_ENABLE_INSTRUCTIONS=AVX2 runs the non-VNNI kernels)."""
     import os
 
-    from duilian.decode import int8_full_range
+    from duilian.gpt import int8_full_range
 
     return {"capability": torch.backends.cpu.get_cpu_capability(), "int8_full_range": int8_full_range(),
             "fbgemm_override": os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "")}
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.int8:
-        from duilian.decode import check_int8_engine
+        from duilian.gpt import check_int8_engine
 
         try:
             check_int8_engine()
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
             print(f"skipping int8: {e}")
             args.int8 = False
     models = [(args.model, load_model(args.model))] if args.model else \
-        [(name, build_model(name, dropout=0.0, seed=0).eval()) for name in args.presets.split(",")]
+        [(name, to_transformers(build_model(name, dropout=0.0, seed=0)).eval()) for name in args.presets.split(",")]
     tokenizer = Tokenizer.from_dir(args.model) if args.model else None
     results = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {N} candidates per 上联")

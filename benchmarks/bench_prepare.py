@@ -33,7 +33,8 @@ def read_only_seconds(data: str) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="corpus directory or file (default: the shared training corpus)")
+    parser.add_argument("--data", default=str(DEFAULT_DATA),
+                        help="corpus directory or file (default: the shared training corpus)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to time (default 1 2)")
     args = parser.parse_args()
 

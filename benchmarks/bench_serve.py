@@ -37,9 +37,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -71,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline-rev", default=None, metavar="REV",
                    help="the baseline is the server at this git revision, batching like the batched one (e.g. the "
                         "commit before a change); default: the current code one request at a time")
-    p.add_argument("--batch-wait-ms", type=float, default=50.0, help="the batched server's longest wait (default 50 ms)")
+    p.add_argument("--batch-wait-ms", type=float, default=50.0,
+                   help="the batched server's longest wait (default 50 ms)")
     p.add_argument("--batch-gap-ms", type=float, default=5.0, help="the batched server's idle gap (default 5 ms)")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
                    help="load generator: a minimal asyncio HTTP client (default; light on CPU) or httpx")
@@ -310,7 +310,8 @@ async def run_rounds(args, uppers: list[str], base_url: str, batch_url: str) -> 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    uppers = [line.replace(" ", "").strip() for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = FIXTURE.read_text(encoding="utf-8").splitlines()
+    uppers = [line.replace(" ", "").strip() for line in lines if line.strip()]
     if args.length is not None:
         uppers = [u for u in uppers if len(u) == args.length]
         if not uppers:

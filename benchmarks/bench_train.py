@@ -7,8 +7,13 @@
                    what `duilian prepare` + `duilian train --bucket` do now
 The first three run in fp32, so each ratio isolates one change.
 
+With --baseline-rev REV, every mode also runs on the trainer of revision REV, imported beside this one in the same
+process (its src/duilian extracted with `git archive`, as the package `duilian_baseline`), the two taking turns:
+the ratio now/REV per mode is this trainer's speed against that one's on the same data, machine and minute.
+
     python benchmarks/bench_train.py                   # tiny and mini, 12 steps of 64 lines each
     python benchmarks/bench_train.py --presets mini --steps 20 --pairs 50000 --rounds 2
+    python benchmarks/bench_train.py --presets mini --steps 20 --rounds 3 --baseline-rev d27acda
 
 Lines come from the start of the shared training corpus (../shared/data/couplet/train) if it is
 there, else from the test fixture. Each run's first half is warm-up; tokens/s is the second half's, the
@@ -19,8 +24,12 @@ The ratios are the figures to quote: absolute numbers depend on the (shared) mac
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import itertools
 import lzma
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +49,20 @@ def read_pairs(n: int) -> list[tuple[str, str]]:
     return [(u, l) for u, l in pairs if u and l and len(u) + len(l) + 3 <= 64]
 
 
+def baseline_trainer(rev: str, into: Path):
+    """duilian.train as it was at revision `rev`: its src/duilian extracted into `into` and imported as the package
+    duilian_baseline (its modules import one another relatively, so they find their own)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/duilian"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    package = into / "src" / "duilian"
+    spec = importlib.util.spec_from_file_location("duilian_baseline", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    sys.modules["duilian_baseline"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["duilian_baseline"])
+    return importlib.import_module("duilian_baseline.train")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["tiny", "mini"])
@@ -47,6 +70,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="lines per step (default 64, the seed's)")
     ap.add_argument("--pairs", type=int, default=20_000, help="corpus lines to read (default 20000)")
     ap.add_argument("--rounds", type=int, default=1, help="runs per mode, taking turns; the best counts (default 1)")
+    ap.add_argument("--baseline-rev", help="also run every mode on the trainer of this git revision, in turn")
     args = ap.parse_args()
 
     from collections import Counter
@@ -66,31 +90,39 @@ def main() -> None:
              "corpus vocab": ("corpus", dict(pad="batch", bucket=True, dtype="fp32")),
              "corpus+auto": ("corpus", dict(pad="batch", bucket=True, dtype="auto"))}
     with tempfile.TemporaryDirectory() as tmp:
+        trainers = {"now": (TrainConfig, train)}
+        if args.baseline_rev:
+            before = baseline_trainer(args.baseline_rev, Path(tmp))
+            trainers[args.baseline_rev] = (before.TrainConfig, before.train)
         data = {"bert": Path(tmp) / "data-bert", "corpus": Path(tmp) / "data-corpus"}
         write_dataset(data["bert"], {"train": pairs}, default_tokenizer(), seq_len=64)
         write_dataset(data["corpus"], {"train": pairs}, corpus_vocab, seq_len=64, unknown_as_unk=True)
         print(f"vocabularies: BERT {len(default_tokenizer()):,} tokens, corpus {len(corpus_vocab):,}")
-        print(f"{'preset':<8}{'mode':<14}{'real tok/s':>12}{'s/step':>9}")
+        print(f"{'preset':<8}{'mode':<14}{'trainer':<10}{'real tok/s':>12}{'s/step':>9}")
         for preset in args.presets:
-            tps: dict[str, float] = {}
+            tps: dict[tuple[str, str], float] = {}
             for r in range(args.rounds):
                 for name, (vocab, kw) in modes.items():
-                    cfg = TrainConfig(data=str(data[vocab]), out=f"{tmp}/{preset}-{name}-{r}", preset=preset,
-                                      steps=args.steps, batch_size=args.batch_size, report_every=args.steps // 2,
-                                      eval_every=0, save_every=10**9, device="cpu", **kw)
-                    t = time.perf_counter()
-                    last = train(cfg)
-                    tps[name] = max(tps.get(name, 0.0), last["tokens_per_s"])
-                    print(f"{preset:<8}{name:<14}{last['tokens_per_s']:>12,.0f}{1 / last['steps_per_s']:>9.2f}"
-                          f"   (run {time.perf_counter() - t:.0f} s)", flush=True)
-            print(f"{preset:<8}{'bucket/fixed':<14}{tps['batch+bucket'] / tps['fixed']:>11.2f}x")
-            print(f"{preset:<8}{'corpus/bert':<14}{tps['corpus vocab'] / tps['batch+bucket']:>11.2f}x   "
+                    for who, (config, run) in trainers.items():
+                        cfg = config(data=str(data[vocab]), out=f"{tmp}/{preset}-{name}-{who}-{r}", preset=preset,
+                                     steps=args.steps, batch_size=args.batch_size, report_every=args.steps // 2,
+                                     eval_every=0, save_every=10**9, device="cpu", **kw)
+                        t = time.perf_counter()
+                        last = run(cfg)
+                        tps[name, who] = max(tps.get((name, who), 0.0), last["tokens_per_s"])
+                        print(f"{preset:<8}{name:<14}{who:<10}{last['tokens_per_s']:>12,.0f}"
+                              f"{1 / last['steps_per_s']:>9.2f}   (run {time.perf_counter() - t:.0f} s)", flush=True)
+            now = {name: tps[name, "now"] for name in modes}
+            print(f"{preset:<8}{'bucket/fixed':<14}{now['batch+bucket'] / now['fixed']:>11.2f}x")
+            print(f"{preset:<8}{'corpus/bert':<14}{now['corpus vocab'] / now['batch+bucket']:>11.2f}x   "
                   "(the vocabulary alone, both bucketed, fp32)")
-            print(f"{preset:<8}{'auto/fp32':<14}{tps['corpus+auto'] / tps['corpus vocab']:>11.2f}x   "
+            print(f"{preset:<8}{'auto/fp32':<14}{now['corpus+auto'] / now['corpus vocab']:>11.2f}x   "
                   f"(--dtype auto: {'bf16' if cpu_has_bf16() else 'fp32'} on this CPU)")
-            print(f"{preset:<8}{'new/before':<14}{tps['corpus+auto'] / tps['batch+bucket']:>11.2f}x   "
+            print(f"{preset:<8}{'new/before':<14}{now['corpus+auto'] / now['batch+bucket']:>11.2f}x   "
                   "(prepare + train now against the bucketed BERT-vocabulary fp32 trainer before them)")
-
+            for name in modes if args.baseline_rev else ():
+                print(f"{preset:<8}{name:<14}{now[name] / tps[name, args.baseline_rev]:>11.2f}x   "
+                      f"(this trainer against {args.baseline_rev}'s, same mode, in turn)")
 
 if __name__ == "__main__":
     main()

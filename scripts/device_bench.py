@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit  # noqa: E402
-from duilian.model import PRESETS, build_model  # noqa: E402
+from duilian.model import PRESETS, build_model, to_transformers  # noqa: E402
 from duilian.train import TrainConfig, flops_per_token, train  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def baseline(data: str, preset: str, steps: int, batch: int, device: torch.devic
     """The plain-transformers loop; the second half of `steps` is timed."""
     split = TokenizedSplit.open(data, "train")
     schedule = BatchSchedule(split.lengths, batch, seed=0)
-    model = build_model(preset, dropout=0.1, seed=0).to(device).train()
+    model = to_transformers(build_model(preset, dropout=0.1, seed=0)).to(device).train()  # transformers' own model
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.01)
     cuda = device.type == "cuda"
     p = PRESETS[preset]
@@ -105,7 +105,8 @@ def main() -> None:
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": str(torch.__version__), "steps": args.steps, "batch_size": args.batch_size, "runs": {}}
     first = args.presets[0]
-    result["runs"][f"baseline/{first}"] = baseline(args.data, first, args.steps, args.batch_size, device, args.peak_flops)
+    result["runs"][f"baseline/{first}"] = baseline(args.data, first, args.steps, args.batch_size, device,
+                                                   args.peak_flops)
     print(json.dumps(result["runs"][f"baseline/{first}"]), flush=True)
     for preset in args.presets:
         compile = not args.no_compile

@@ -1,7 +1,10 @@
 """The default model's loss curve across its runs (warm start -> mini-a -> mini-b -> mini-c), validation loss against
 couplets seen; written to src/duilian/models/default/loss.png."""
-import json, sys
+import json
+import sys
+
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 

@@ -110,7 +110,8 @@ def main() -> None:
           + " | ".join(k.replace("val_loss", "validation loss") for k in splits) + " |\n"
           + "|---" * (5 + len(splits)) + "|")
     for s, r in results.items():
-        print(f"| {s} | {r['parameters'] / 1e6:.1f}M | {r['minutes']:.1f} | {r['steps']:,} | {r['tokens_per_s']:,.0f} | "
+        print(f"| {s} | {r['parameters'] / 1e6:.1f}M | {r['minutes']:.1f} | {r['steps']:,} | "
+              f"{r['tokens_per_s']:,.0f} | "
               + " | ".join(f"{r['val'].get(k, float('nan')):.4f}" for k in splits) + " |")
 
 

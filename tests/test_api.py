@@ -62,6 +62,26 @@ def test_no_default_model_says_how_to_make_one(monkeypatch, tmp_path):
     assert isinstance(e.value, FileNotFoundError) and "--model DIR" in str(e.value)
 
 
+def test_a_hub_id_loads_from_huggingface_hubs_cache_offline(tmp_path, monkeypatch):
+    """duilian.load("owner/name") goes through huggingface_hub: a model it has cached loads with the Hub out of
+    reach (HF_HUB_OFFLINE); one it has not is a FileNotFoundError that says what was looked for."""
+    import huggingface_hub.constants
+    from hub import hub_cache
+
+    cache, model = hub_cache(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    c = duilian.load("uer/gpt2-chinese-couplet")
+    assert torch.equal(c.model.transformer.h[1].mlp.c_fc.weight, model.transformer.h[1].mlp.c_fc.weight)
+    assert c.complete("丹枫江冷人初去", n=2, seed=0)
+    with pytest.raises(FileNotFoundError, match="uer/not-cached is neither a local directory nor a Hugging Face"):
+        duilian.load("uer/not-cached")
+    monkeypatch.chdir(tmp_path)  # a local directory of that name is the directory, not the Hub's model
+    (tmp_path / "uer" / "gpt2-chinese-couplet").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="not a HuggingFace model directory"):
+        duilian.load("uer/gpt2-chinese-couplet")
+
+
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a HuggingFace model directory"):
         duilian.load(tmp_path)
@@ -143,8 +163,10 @@ def test_embedded_characters_stand_at_the_asked_place(c, heads, position, at):
 
 
 @pytest.mark.parametrize("heads, position, reason", [
-    ("伟娜", "last", "娜 is oblique .仄.: it cannot end the 下联"), ("天月", "last", "天 is level .平.: it cannot end the 上联"),
-    ("伟娜", 8, "past the end of a 7-character line"), ("伟娜", 0, "past the end"), ("伟娜", "middle", "a number from 1"),
+    ("伟娜", "last", "娜 is oblique .仄.: it cannot end the 下联"),
+    ("天月", "last", "天 is level .平.: it cannot end the 上联"),
+    ("伟娜", 8, "past the end of a 7-character line"), ("伟娜", 0, "past the end"),
+    ("伟娜", "middle", "a number from 1"),
 ])
 def test_a_place_that_cannot_hold_the_character_is_refused(c, heads, position, reason):
     with pytest.raises(CoupletInputError, match=reason):
@@ -214,7 +236,7 @@ def test_candidate_logprob_is_the_constrained_model_log_prob(c, hf_model):
 def test_int8_weights_write_what_fp32_writes_up_to_rounding(model_dir, c, hf_model):
     """The masks make any weights' lines right in form, so form alone says nothing about int8: its lines
     and log-probs are compared with fp32's on 60 real 上联."""
-    from duilian.decode import check_int8_engine
+    from duilian.gpt import check_int8_engine
 
     try:
         check_int8_engine()

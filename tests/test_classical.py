@@ -48,15 +48,18 @@ from duilian.classical import (
 from duilian.heldout import heldout_key
 from duilian.rules import tone_of
 
-CHUNWANG = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金。", "白頭搔更短，渾欲不勝簪。"]
-JIANGNAN = ["暮宿南洲草，晨行北岸林。", "日懸滄海闊，水隔洞庭深。", "煙景無留意，風波有異潯。", "歲遊難極目，春戲易爲心。",
-            "朝夕無榮遇，芳菲已滿襟。"]
+CHUNWANG = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金。",
+            "白頭搔更短，渾欲不勝簪。"]
+JIANGNAN = ["暮宿南洲草，晨行北岸林。", "日懸滄海闊，水隔洞庭深。", "煙景無留意，風波有異潯。",
+            "歲遊難極目，春戲易爲心。", "朝夕無榮遇，芳菲已滿襟。"]
 BAIZHANG = ["大雄真跡枕危巒，梵宇層樓聳萬般。", "日月每從肩上過，山河長在掌中看。", "仙峰不間三春秀，靈境何時六月寒？",
             "更有上方人罕到，暮鐘朝磬碧雲端。"]
 JUEJU = ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"]
 GUTI = ["晚霞聊自怡，初晴彌可喜。", "日晃百花色，風動千林翠。", "池魚躍不同，園鳥聲還異。", "寄言博通者，知予物外志。"]
-LOST = ["國破山河在，城春草木□。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金。", "白頭搔更短，渾欲不勝簪。"]
-UNEQUAL = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金兩。", "白頭搔更短，渾欲不勝簪。"]
+LOST = ["國破山河在，城春草木□。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金。",
+        "白頭搔更短，渾欲不勝簪。"]
+UNEQUAL = ["國破山河在，城春草木深。", "感時花濺淚，恨別鳥驚心。", "烽火連三月，家書抵萬金兩。",
+           "白頭搔更短，渾欲不勝簪。"]
 
 SHENGLV_1 = ("雲對雨，雪對風，晚照對晴空。來鴻對去燕，宿鳥對鳴蟲。三尺劍，六鈞弓，嶺北對江東。人間清暑殿，天上廣寒宮。"
              "兩岸曉煙楊柳綠，一園春雨杏花紅。兩鬢風霜，途次早行之客；一蓑煙雨，溪邊晚釣之翁。")
@@ -263,7 +266,8 @@ def test_build_pairs_and_counts(checkout, heldout, test_split, tmp_path):
     assert s["tang"]["poems_used"] == {FORM_LUSHI: 1, FORM_PAILU: 1}
     assert s["tang"]["pairs_extracted"] == 5 and s["tang"]["kept"] == 3
     assert {k: v for k, v in s["tang"]["dropped"].items() if v} == {FILTER_HELDOUT: 1, FILTER_TEST: 1}
-    assert s["tang"]["drop_examples"] == {FILTER_HELDOUT: "烟景无留意 / 风波有异浔", FILTER_TEST: "岁游难极目 / 春戏易为心"}
+    assert s["tang"]["drop_examples"] == {FILTER_HELDOUT: "烟景无留意 / 风波有异浔",
+                                          FILTER_TEST: "岁游难极目 / 春戏易为心"}
     assert s["song"]["pairs_extracted"] == 4 and s["song"]["kept"] == 2
     assert {k: v for k, v in s["song"]["dropped"].items() if v} == {FILTER_DUPLICATE: 2}
     g = s["shenglvqimeng"]

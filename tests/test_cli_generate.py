@@ -111,6 +111,24 @@ def test_no_default_model_exits_2(monkeypatch, tmp_path, capsys):
     assert "no default model yet" in capsys.readouterr().err
 
 
+def test_model_may_be_a_hugging_face_hub_id_read_from_its_cache_offline(tmp_path):
+    """--model owner/name: the Hub's model through huggingface_hub, here from a cache the test built, with the
+    Hub out of reach (HF_HUB_OFFLINE=1), in a fresh process as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    from hub import hub_cache
+
+    cache, _ = hub_cache(tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "duilian", "generate", "丹枫江冷人初去", "--model",
+                           "uer/gpt2-chinese-couplet", "-n", "2", "--seed", "1"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert all(check_pair("丹枫江冷人初去", line.split("\t")[0]).valid for line in done.stdout.splitlines())
+
+
 def test_acrostic(model_dir, capsys):
     assert main(["acrostic", "春福", "--length", "5", "-n", "2", "--model", model_dir, "--json", "--seed", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -123,7 +141,7 @@ def test_generate_int8_writes_what_fp32_writes_up_to_rounding(model_dir, tmp_pat
     """--int8 against the fp32 run on 60 real 上联, greedy so each gives one line: mostly the same lines, and
     the same line with nearly the same log-prob. The masks make any weights' lines right in form, so only
     this comparison shows the int8 weights compute what the model does."""
-    from duilian.decode import check_int8_engine
+    from duilian.gpt import check_int8_engine
 
     try:
         check_int8_engine()
@@ -194,14 +212,17 @@ def test_compose_json_gives_five_couplets_with_three_banners(keyword_model_dir, 
     assert out["words"] == ["春", "福"] and len(out["couplets"]) == 5
     for c in out["couplets"]:
         assert c["valid"] and len(c["upper"]) == len(c["lower"]) == 7 and len(c["hengpi"]) == 3
-    assert main(["compose", "平安", "--occasion", "乔迁", "--year", "2027", "-n", "2", "--model", keyword_model_dir]) == 0
+    args = ["compose", "平安", "--occasion", "乔迁", "--year", "2027", "-n", "2", "--model", keyword_model_dir]
+    assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all("横批" in line for line in lines)
 
 
 @pytest.mark.parametrize("argv, reason", [
-    (["compose", "spring"], "Chinese characters only"), (["compose", "春", "--occasion", "生日"], "unknown occasion"),
-    (["acrostic", "伟娜", "--position", "last"], "cannot end the 下联"), (["acrostic", "伟娜", "--position", "8"], "past the end"),
+    (["compose", "spring"], "Chinese characters only"),
+    (["compose", "春", "--occasion", "生日"], "unknown occasion"),
+    (["acrostic", "伟娜", "--position", "last"], "cannot end the 下联"),
+    (["acrostic", "伟娜", "--position", "8"], "past the end"),
 ])
 def test_compose_and_embedding_refuse_with_the_reason(keyword_model_dir, capsys, argv, reason):
     assert main([*argv, "--model", keyword_model_dir]) == 2

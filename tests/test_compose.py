@@ -23,13 +23,13 @@ def keyword_model(tmp_path_factory):
 
 def test_composed_couplets_are_valid_about_the_words_and_carry_three_banners(keyword_model, monkeypatch):
     prompts = []
-    real = decode.decode
+    real = decode.generate
 
     def spy(net, vocab, specs, search):
         prompts.extend(s.prompt for s in specs)
         return real(net, vocab, specs, search)
 
-    monkeypatch.setattr(compose.decode, "decode", spy)
+    monkeypatch.setattr(compose.decode, "generate", spy)
     got = keyword_model.compose(["春", "福"], length=7, n=5, seed=1)
     assert 1 <= len(got) <= 5 and [x.score for x in got] == sorted((x.score for x in got), reverse=True)
     tok = keyword_model.tokenizer

@@ -50,14 +50,17 @@ OUTPUT = {"old": "target.output_layer.weight", "new": "target.lm.output_layer.we
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny random GPT-2 (2 layers, hidden 64, 2 heads) and its HuggingFace export."""
-    model = build_model("tiny", seed=0).eval()
-    return model, export_model(model, tmp_path_factory.mktemp("tiny_hf"))
+    """A tiny random GPT-2 (2 layers, hidden 64, 2 heads) as its HuggingFace export, and the export read back by
+    transformers (what a conversion's output, read back the same way, must equal exactly)."""
+    hf_dir = export_model(build_model("tiny", seed=0), tmp_path_factory.mktemp("tiny_hf"))
+    return GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval(), hf_dir
 
 
 def logits(model, ids):
+    """Logits of a gpt.GPT (a tensor) or of transformers' GPT2LMHeadModel (an output holding them)."""
     with torch.no_grad():
-        return model(torch.tensor([ids])).logits
+        out = model(torch.tensor([ids]))
+    return getattr(out, "logits", out)
 
 
 def hand_built_uer(layout: str, hidden=8, positions=16, inner=32, layers=2, output=None, seed=0):
@@ -113,10 +116,12 @@ def test_uer_tensors_are_the_reference_transforms(tiny):
     h = model.config.n_embd
     c_attn = hf["transformer.h.1.attn.c_attn.weight"]  # [H, 3H], Conv1D [in, out]
     for j in range(3):
-        assert torch.equal(uer[f"encoder.transformer.1.self_attn.linear_layers.{j}.weight"], c_attn[:, j * h:(j + 1) * h].T)
+        assert torch.equal(uer[f"encoder.transformer.1.self_attn.linear_layers.{j}.weight"],
+                           c_attn[:, j * h:(j + 1) * h].T)
         assert torch.equal(uer[f"encoder.transformer.1.self_attn.linear_layers.{j}.bias"],
                            hf["transformer.h.1.attn.c_attn.bias"][j * h:(j + 1) * h])
-    assert torch.equal(uer["encoder.transformer.0.feed_forward.linear_1.weight"], hf["transformer.h.0.mlp.c_fc.weight"].T)
+    assert torch.equal(uer["encoder.transformer.0.feed_forward.linear_1.weight"],
+                       hf["transformer.h.0.mlp.c_fc.weight"].T)
     assert uer["encoder.transformer.0.feed_forward.linear_1.weight"].shape == (4 * h, h)  # nn.Linear [out, in]
     assert torch.equal(uer["encoder.layer_norm.gamma"], hf["transformer.ln_f.weight"])
     assert torch.equal(uer["target.lm.output_layer.weight"], hf["transformer.wte.weight"])
@@ -212,7 +217,8 @@ def test_heads_from_a_uer_config_file(tiny, tmp_path):
     for fields, what in [(dict(hidden_size=768), "hidden_size 768, but the checkpoint has 64"),
                          (dict(layers_num=12), "layers_num 12, but the checkpoint has 2")]:
         with pytest.raises(ConversionError, match=what):
-            convert_uer_to_hf(uer_file, tmp_path / "x", uer_config=uer_config(tmp_path / "c.json", heads_num=2, **fields))
+            config = uer_config(tmp_path / "c.json", heads_num=2, **fields)
+            convert_uer_to_hf(uer_file, tmp_path / "x", uer_config=config)
     with pytest.raises(ConversionError, match="heads_num 2, but --heads says 4"):
         convert_uer_to_hf(uer_file, tmp_path / "x", heads=4, uer_config=uer_config(tmp_path / "c.json", heads_num=2))
     (tmp_path / "bad.json").write_text('{"hidden_size": 64}')

@@ -73,4 +73,5 @@ def test_collate_puts_no_loss_on_keywords_and_markers():
     assert scored == ["山高-水长[SEP]", "水长-山高[SEP]", "山高-水长[SEP]"]
     plain = collate(split, np.arange(3), None, cls_id=tok.cls_id, sep_id=tok.sep_id, separator_id=tok.separator_id,
                     pad_id=tok.pad_id)
-    assert (plain.targets[2] == b.targets[2]).all() and (plain.targets[0] != IGNORE_INDEX).sum() == 11  # without markers: all of it
+    # without markers: all of it
+    assert (plain.targets[2] == b.targets[2]).all() and (plain.targets[0] != IGNORE_INDEX).sum() == 11

@@ -1,4 +1,5 @@
-"""decode.py: the masks hold for any weights, the KV cache changes nothing, the search is reproducible."""
+"""decode.py: the masks hold for any weights, the KV cache changes nothing, the search is reproducible. (The
+model's own forward, its KV cache against transformers and its int8 layers: test_gpt.py.)"""
 
 import math
 import random
@@ -8,10 +9,11 @@ from itertools import permutations
 import pytest
 import torch
 
-from duilian import decode
+from duilian import decode, gpt
 from duilian.api import Couplets, Options, vocab_tables
 from duilian.model import build_model
 from duilian.rules import check_pair, rhythm_opposition, tone_of
+from duilian.script import to_simplified, to_traditional
 from duilian.text import PUNCTUATION, is_han
 from duilian.tokenizer import default_tokenizer
 
@@ -53,112 +55,16 @@ def random_uppers(count, seed=0):
     return out
 
 
-# --- the network ------------------------------------------------------------------------------------------------
-def test_lean_forward_matches_transformers(model, vocab):
-    net = decode.LeanGPT2(model, vocab)
-    ids = torch.tensor([[101, 704, 1744, 118], [101, 2769, 4263, 118]])
-    cache, logits = net.start(ids, new_tokens=2)
-    ref = model(ids).logits[:, -1, vocab.ids]
-    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
-    # expand to 3 rows, step once
-    rows = torch.tensor([0, 1, 1])
-    step = cache.select(rows).step(torch.tensor([6435, 3300, 4638]))
-    full = torch.cat([ids[rows], torch.tensor([[6435], [3300], [4638]])], dim=1)
-    torch.testing.assert_close(step, model(full).logits[:, -1, vocab.ids], rtol=1e-4, atol=1e-4)
-
-
-def test_lean_forward_with_prompts_of_different_lengths(model, vocab):
-    net = decode.LeanGPT2(model, vocab)
-    prompts = [[101, 704, 118], [101, 2769, 4263, 118], [101, 2769, 4263, 118]]
-    cache, logits = net.start(prompts, new_tokens=2)
-    for p, row in zip(prompts, logits):
-        torch.testing.assert_close(row, model(torch.tensor([p])).logits[0, -1, vocab.ids], rtol=1e-4, atol=1e-4)
-    step = cache.select(torch.tensor([0, 0, 2])).step(torch.tensor([6435, 3300, 4638]))
-    for p, tok, row in zip([prompts[0], prompts[0], prompts[2]], [6435, 3300, 4638], step):
-        ref = model(torch.tensor([p + [tok]])).logits[0, -1, vocab.ids]
-        torch.testing.assert_close(row, ref, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="next to each other"):
-        net.start([[101, 118], [101, 704, 118], [101, 118]], new_tokens=1)
-
-
 # --- int8 weights -----------------------------------------------------------------------------------------------
 def _has_int8_kernel():
     try:
-        decode.check_int8_engine()
+        gpt.check_int8_engine()
         return True
     except ValueError:
         return False
 
 
 needs_int8 = pytest.mark.skipif(not _has_int8_kernel(), reason="torch has no x86/fbgemm/onednn quantized engine")
-
-
-# fbgemm's int8 kernels differ by CPU: AVX-512 VNNI adds u8 x s8 products in 32 bits, AVX2 and plain AVX-512
-# add pairs of them into saturating 16 bits. FBGEMM_ENABLE_INSTRUCTIONS caps the kernels fbgemm picks (read
-# once per process, hence a subprocess per ISA), so every machine runs the AVX2 path too. "native" is this
-# machine's own. A cap above what the CPU has falls back to what it has, which is still a real path.
-ISAS = ["AVX2", "AVX512", "native"]
-
-_INT8_ERRORS = """
-import json, torch
-torch.set_grad_enabled(False)
-from duilian import decode
-from duilian.api import vocab_tables
-from duilian.model import build_model
-from duilian.tokenizer import default_tokenizer
-g = torch.Generator().manual_seed(0)
-w, b, x = torch.randn(96, 64, generator=g), torch.randn(96, generator=g), torch.randn(2, 5, 64, generator=g)
-lin = decode.Int8Linear(w, b)
-ref = x @ w.T + b
-out = {"linear": float((lin(x) - ref).norm() / ref.norm()), "full_range": decode.int8_full_range()}
-torch.manual_seed(0)
-model, vocab = build_model("tiny", dropout=0.0, seed=0).eval(), vocab_tables(default_tokenizer())
-ids = torch.tensor([[101, 704, 1744, 118], [101, 2769, 4263, 118]])
-(c32, l32), (c8, l8) = (decode.LeanGPT2(model, vocab, q).start(ids, new_tokens=2) for q in (None, "int8"))
-step = torch.tensor([6435, 3300])
-diffs = [(torch.log_softmax(a, 1) - torch.log_softmax(b, 1)).abs() for a, b in ((l32, l8), (c32.step(step), c8.step(step)))]
-out["max"], out["mean"] = max(float(d.max()) for d in diffs), max(float(d.mean()) for d in diffs)
-print(json.dumps(out))
-"""
-
-
-def _int8_errors(isa: str) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "FBGEMM_ENABLE_INSTRUCTIONS"}
-    if isa != "native":
-        env["FBGEMM_ENABLE_INSTRUCTIONS"] = isa
-    done = subprocess.run([sys.executable, "-c", _INT8_ERRORS], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-@needs_int8
-@pytest.mark.parametrize("isa", ISAS)
-def test_int8_is_close_to_fp32_on_every_isa(isa):
-    got = _int8_errors(isa)
-    if isa != "native":
-        assert got["full_range"] is False  # no VNNI kernels under this cap: 7-bit activations
-    # 8-bit weights and 7- or 8-bit activations: ~1.6% / ~0.9% on this product. A 16-bit saturation, the
-    # failure this guards against, gave 10%.
-    assert got["linear"] < 0.03, got
-    # Log-probs of the tiny random model: ~0.02 max with either range; saturation gave 0.11.
-    assert got["max"] < 0.08 and got["mean"] < 0.02, got
-
-
-def test_int8_range_follows_fbgemm_override(monkeypatch):
-    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX2")
-    assert decode.int8_full_range() is False
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
-    assert decode.int8_full_range() is False  # the cap wins over the CPU
-    monkeypatch.setenv("FBGEMM_ENABLE_INSTRUCTIONS", "AVX512_VNNI")
-    assert decode.int8_full_range() is True
-    monkeypatch.delenv("FBGEMM_ENABLE_INSTRUCTIONS")
-    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False, raising=False)
-    assert decode.int8_full_range() is False
 
 
 @needs_int8
@@ -171,11 +77,6 @@ def test_int8_candidates_are_right_in_form(model, method):
         for cand in cands:
             assert cand.checks.valid, (upper, cand.text, cand.checks)
             assert math.isfinite(cand.logprob)
-
-
-def test_unknown_weight_format_is_refused(model, vocab):
-    with pytest.raises(ValueError, match="quantize must be one of"):
-        decode.LeanGPT2(model, vocab, quantize="int4")
 
 
 # --- the masks --------------------------------------------------------------------------------------------------
@@ -221,7 +122,7 @@ def test_fallback_never_emits_an_invalid_token(model):
     sel = torch.tensor([int((full.ids == i).nonzero()) for i in keep])
     small = decode.Vocab(ids=full.ids[sel], han=full.han[sel], tone=full.tone[sel], size=full.size)
     c = Couplets(model)
-    c.vocab, c.net = small, decode.LeanGPT2(model, small)
+    c.vocab, c.net = small, model.for_decoding(small.ids)
     for method in ("sample", "beam"):
         for upper in ["春夏秋冬，花开花落去", "山水"]:
             for cand in c.complete(upper, n=3, seed=0, method=method):
@@ -265,9 +166,16 @@ def test_pick_never_picks_a_masked_token():
 
 
 def test_rule_score_is_the_rhythm_opposition(couplets):
+    """The rule score is rules.rhythm_opposition, with the decoder's tones: a 下联 character whose simplified and
+    traditional readings differ in tone (缥 piāo, 縹 piǎo) has none (api.vocab_tables)."""
+
+    def decoder_tones(lower: str) -> str:
+        simplified = to_simplified(lower)
+        return "".join(ch if tone_of(s) == tone_of(to_traditional(s)) else "□" for ch, s in zip(lower, simplified))
+
     for upper in random_uppers(10, seed=4):
         for c in couplets.complete(upper, n=2, seed=0):
-            expected = rhythm_opposition(upper, c.text)
+            expected = rhythm_opposition(upper, decoder_tones(c.text))
             assert c.rule_score == pytest.approx(decode.RULE_NEUTRAL if expected is None else expected)
             assert c.score == pytest.approx(c.logprob + decode.RULE_WEIGHT * c.rule_score)
 
@@ -275,8 +183,8 @@ def test_rule_score_is_the_rhythm_opposition(couplets):
 # --- the search -------------------------------------------------------------------------------------------------
 def _decode_both(model, couplets, uppers, search, seed):
     specs = [couplets.lower_spec(u, Options(seed=seed)) for u in uppers]
-    cached = decode.decode(decode.LeanGPT2(model, couplets.vocab), couplets.vocab, specs, search)
-    full = decode.decode(decode.Recompute(model, couplets.vocab), couplets.vocab, specs, search)
+    cached = decode.generate(model.for_decoding(couplets.vocab.ids), couplets.vocab, specs, search)
+    full = decode.generate(gpt.Recompute(model, couplets.vocab.ids), couplets.vocab, specs, search)
     return cached, full
 
 
@@ -432,8 +340,8 @@ def test_output_layer_restricted_to_emittable_tokens_changes_nothing(model, coup
     full = decode.Vocab(ids=torch.arange(vocab.size), han=han, tone=tone, size=vocab.size)
     specs = [couplets.lower_spec(u, Options(seed=3)) for u in ["花开花落，春去春来", "丹枫江冷人初去"]]
     for search in (decode.Search(n=3), decode.Search(method="beam", n=3)):
-        a = decode.decode(decode.LeanGPT2(model, vocab), vocab, specs, search)
-        b = decode.decode(decode.LeanGPT2(model, full), full, specs, search)
+        a = decode.generate(model.for_decoding(vocab.ids), vocab, specs, search)
+        b = decode.generate(model.for_decoding(full.ids), full, specs, search)
         for x, y in zip(a, b):
             assert [h.tokens for h in x] == [h.tokens for h in y]
             assert [h.logprob for h in x] == pytest.approx([h.logprob for h in y], abs=1e-4)
@@ -454,9 +362,9 @@ def test_lines_of_different_lengths_decode_together_as_if_alone(model, couplets,
     uppers = random_uppers(10, seed=9)
     assert len({len(u) for u in uppers}) > 3
     specs = [couplets.lower_spec(u, Options(seed=i)) for i, u in enumerate(uppers)]
-    together = decode.decode(couplets.net, couplets.vocab, specs, search)
+    together = decode.generate(couplets.net, couplets.vocab, specs, search)
     for spec, hyps in zip(specs, together):
-        (alone,) = decode.decode(couplets.net, couplets.vocab, [spec], search)
+        (alone,) = decode.generate(couplets.net, couplets.vocab, [spec], search)
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.logprob for h in hyps] == pytest.approx([h.logprob for h in alone], abs=1e-4)
         assert all(len(h.tokens) == spec.length for h in hyps)
@@ -600,16 +508,16 @@ def test_a_withdrawn_line_leaves_the_pass_at_the_next_step(couplets, search):
     specs = [couplets.lower_spec(u, Options(seed=i)) for i, u in enumerate(uppers)]
     others = [specs[0], specs[2]]
     plain = _CountingNet(couplets.net)
-    expected = decode.decode(plain, couplets.vocab, others, search)
+    expected = decode.generate(plain, couplets.vocab, others, search)
     full = _CountingNet(couplets.net)
-    decode.decode(full, couplets.vocab, specs, search)
+    decode.generate(full, couplets.vocab, specs, search)
     counting = _CountingNet(couplets.net)
     leave_after = 3  # decoding steps the long line takes part in
 
     def wanted():
         return counting.steps < leave_after
 
-    got = decode.decode(counting, couplets.vocab, [specs[0], replace(specs[1], wanted=wanted), specs[2]], search)
+    got = decode.generate(counting, couplets.vocab, [specs[0], replace(specs[1], wanted=wanted), specs[2]], search)
     assert got[1] == [] and [[h.tokens for h in hs] for hs in (got[0], got[2])] == \
         [[h.tokens for h in hs] for hs in expected]
     rows = decode.LEAD_BEAM if search.first == "beam" else search.n  # its rows in the first pass
@@ -617,7 +525,7 @@ def test_a_withdrawn_line_leaves_the_pass_at_the_next_step(couplets, search):
     assert full.row_steps >= plain.row_steps + search.n * (len(uppers[1]) - 1)  # what staying would cost
     # Withdrawn before the pass: never prefilled, never stepped.
     idle = _CountingNet(couplets.net)
-    got = decode.decode(idle, couplets.vocab, [specs[0], replace(specs[1], wanted=lambda: False), specs[2]], search)
+    got = decode.generate(idle, couplets.vocab, [specs[0], replace(specs[1], wanted=lambda: False), specs[2]], search)
     assert got[1] == [] and (idle.rows_started, idle.row_steps) == (plain.rows_started, plain.row_steps)
 
 

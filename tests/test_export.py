@@ -9,7 +9,7 @@ from transformers import GPT2LMHeadModel
 from duilian import cli
 from duilian.export import export_model, seed_snippet_check
 from duilian.model import build_model
-from duilian.tokenizer import Tokenizer, VOCAB_PATH, default_tokenizer
+from duilian.tokenizer import VOCAB_PATH, Tokenizer, default_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +160,9 @@ def test_cli_export_from_a_run_directory_uses_final_pt(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", {k: cli.COMMANDS[k] for k in ("convert", "export")})
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
+    from duilian.dataset import write_dataset
+
+    write_dataset(tmp_path / "data", {"train": [("春风", "秋月")]}, default_tokenizer(), seq_len=64)
     cfg = train.TrainConfig(data=str(tmp_path / "data"), out=str(run), preset="tiny")
     (run / "config.json").write_text(json.dumps({"preset": "tiny"}))  # a run's own config.json is not a model
     model = build_model("tiny", seed=1).eval()

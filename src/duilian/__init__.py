@@ -7,8 +7,7 @@
 
 __version__ = "0.1.0"
 
-# The API imports torch and transformers; load it on first use so `import duilian` (and the CLI's
-# argument parsing) stays light.
+# The API imports torch; load it on first use so `import duilian` (and the CLI's argument parsing) stays light.
 _API = ("load", "Couplets", "Candidate", "AcrosticCouplet", "NoDefaultModelError")
 __all__ = ["__version__", *_API]
 

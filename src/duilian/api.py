@@ -5,8 +5,9 @@
     c.complete("丹枫江冷人初去", n=5)          # -> [Candidate(text="...", score=..., checks=...), ...]
     c.acrostic("春福", length=7)             # -> [AcrosticCouplet(upper=..., lower=...), ...]
 
-This module turns text into ids and each 上联 into a decode.LineSpec (the form rules position by position);
-decode.py does the rest without ever seeing text.
+This module owns the text side: it reads each 上联 (scripts, unknown characters), has rules.lower_spec turn it into
+a decode.LineSpec (the form rules position by position), and turns what decode.py writes, without ever seeing text,
+back into ranked, checked candidates. The model is a gpt.GPT (model.load_gpt reads a directory or a Hub id).
 """
 
 from __future__ import annotations
@@ -14,18 +15,28 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from . import decode
-from .rules import OBLIQUE, LEVEL, FormChecks, check_pair, repeat_pattern, rhythm_positions, tone_of
-from .compose import ComposedCouplet
 from .hengpi import Hengpi
-from .script import (SCRIPTS, answer_script, char_forms, each_simplified, each_traditional, to_simplified,
-                     to_simplified_apart, to_traditional)
+from .rules import LEVEL, OBLIQUE, FormChecks, check_pair, decoder_tones, lower_spec, tone_of
+from .script import (
+    SCRIPTS,
+    answer_script,
+    char_forms,
+    each_simplified,
+    each_traditional,
+    to_simplified,
+    to_simplified_apart,
+    to_traditional,
+)
 from .text import MAX_CHARS, CoupletInputError, clean_upper, is_han, is_punct, normalize
 from .tokenizer import Tokenizer, default_tokenizer
+
+if TYPE_CHECKING:
+    from .compose import ComposedCouplet
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 ACROSTIC_LOWERS = 3
@@ -39,7 +50,7 @@ default model's card)."""
 MAX_REVERSE_WEIGHT = 5.0
 """Largest noisy-channel weight accepted: beyond a few the ranking ignores the forward model altogether."""
 
-_TONE_CODE = {None: decode.TONE_NONE, LEVEL: decode.TONE_LEVEL, OBLIQUE: decode.TONE_OBLIQUE}
+_TONE_CODE = decoder_tones()
 
 
 class NoDefaultModelError(FileNotFoundError):
@@ -74,8 +85,8 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "reverse": self.reverse, "prior": self.prior, "pos": self.pos, "valid": self.checks.valid, "checks": self.checks.to_dict(),
-                "unknown": list(self.unknown), **_hengpi_dict(self.hengpi)}
+                "reverse": self.reverse, "prior": self.prior, "pos": self.pos, "valid": self.checks.valid,
+                "checks": self.checks.to_dict(), "unknown": list(self.unknown), **_hengpi_dict(self.hengpi)}
 
 
 @dataclass
@@ -153,11 +164,12 @@ class Options:
 
 def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
          quantize: str | None = None) -> "Couplets":
-    """A Couplets for a HuggingFace GPT-2 directory (a duilian export or a copy of
-    uer/gpt2-chinese-couplet), an already loaded GPT2LMHeadModel, or None for the embedded default model.
-    A directory is read straight into tensors (model.GPT2Weights): transformers is not imported.
+    """A Couplets for a HuggingFace GPT-2 directory (a duilian export or a copy of uer/gpt2-chinese-couplet), a
+    Hugging Face Hub id such as "uer/gpt2-chinese-couplet" (fetched into huggingface_hub's cache, or read from it
+    offline), an already loaded model (a gpt.GPT or a transformers GPT2LMHeadModel), or None for the embedded
+    default model. A directory is read straight into tensors (model.load_gpt): transformers is not imported.
 
-    quantize="int8" decodes with int8 weights (CPU only; see decode.LeanGPT2): several times faster on a
+    quantize="int8" decodes with int8 weights (CPU only; see gpt.GPT.for_decoding): several times faster on a
     CPU, log-probs within a few hundredths of a nat. `score` always uses the model's own weights."""
     if model is None:
         if not (DEFAULT_MODEL_DIR / "config.json").is_file():
@@ -167,14 +179,14 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
             )
         model = DEFAULT_MODEL_DIR
     if isinstance(model, (str, Path)):
-        path = Path(model)
-        from .model import GPT2Weights, is_hf_model_dir
+        from .model import is_hf_model_dir, load_gpt, model_dir
 
+        path = model_dir(model)
         if not is_hf_model_dir(path):
             hint = "; it looks like a training run: `duilian export --checkpoint RUN --out DIR` first" \
                 if (path / "checkpoints").is_dir() or (path / "final.pt").is_file() else ""
             raise FileNotFoundError(f"{path} is not a HuggingFace model directory{hint}")
-        return Couplets(GPT2Weights.from_dir(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize)
+        return Couplets(load_gpt(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize)
     return Couplets(model.to(device).eval(), quantize=quantize)
 
 
@@ -201,22 +213,25 @@ class Couplets:
     """A model and tokenizer ready to write couplets. Build it with duilian.load()."""
 
     def __init__(self, model, tokenizer: Tokenizer | None = None, quantize: str | None = None):
-        """model: a model.GPT2Weights or a transformers GPT2LMHeadModel (whose weights are used as they are)."""
-        from .model import GPT2Weights
+        """model: a gpt.GPT, or a transformers GPT2LMHeadModel (its weights are used as they are, not copied)."""
+        from .gpt import GPT
 
+        if not isinstance(model, GPT):
+            from .model import from_transformers
+
+            model = from_transformers(model)
         self.model = model
-        self.weights = model if isinstance(model, GPT2Weights) else GPT2Weights.of(model)
         self.tokenizer = tokenizer or default_tokenizer()
-        if self.weights.vocab_size != len(self.tokenizer):
-            raise ValueError(f"the model's vocabulary has {self.weights.vocab_size} tokens, the tokenizer "
+        if model.config.vocab_size != len(self.tokenizer):
+            raise ValueError(f"the model's vocabulary has {model.config.vocab_size} tokens, the tokenizer "
                              f"{len(self.tokenizer)}: not a duilian / gpt2-chinese-couplet model")
-        self.device = self.weights.device
-        self.n_positions = self.weights.n_positions
+        self.device = model.device
+        self.n_positions = model.n_positions
         self.max_chars = min(MAX_CHARS, (self.n_positions - 3) // 2)
         self.vocab = vocab_tables(self.tokenizer).to(self.device)
         self.quantize = quantize
-        """None, or "int8": the weights the decoder runs with (decode.QUANTIZE)."""
-        self.net = decode.LeanGPT2(self.weights, self.vocab, quantize=quantize)
+        """None, or "int8": the weights the decoder runs with (gpt.QUANTIZE)."""
+        self.net = model.for_decoding(self.vocab.ids, quantize=quantize)
         # score() uses the model's own weights, whatever the decoder runs with.
         self._scorer = self.net if quantize is None else None
 
@@ -278,7 +293,7 @@ class Couplets:
         reranked = bool(weight or lm_weight)
         if reranked and search.method == "sample" and search.first == "beam" and not search.greedy:
             search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
-        hyps = decode.decode(self.net, self.vocab, specs, search)
+        hyps = decode.generate(self.net, self.vocab, specs, search)
         none = [[None] * len(hs) for hs in hyps]
         reverse = self._reverse(lines, hyps) if weight else none
         prior = self._line_prior(hyps) if lm_weight else none
@@ -297,7 +312,7 @@ class Couplets:
     def reverse_weight(self, opts: "Options") -> float:
         """The noisy-channel λ these options ask for: theirs, else the model's default; 0 for a model that never
         read a line backward (its log P(上联 | 下联) would mean nothing)."""
-        info = self.weights.config.get("duilian") or {}
+        info = self.model.config.duilian or {}
         if not (info.get("lines") or {}).get("backward") or self.tokenizer.reverse_id is None:
             return 0.0
         return float(info.get("reverse_weight", DEFAULT_REVERSE_WEIGHT) if opts.reverse_weight is None
@@ -307,7 +322,7 @@ class Couplets:
         """The anti-LM β these options ask for: theirs, else the model's default (config.json "duilian"), else 0."""
         if opts.lm_weight is not None:
             return float(opts.lm_weight)
-        return float((self.weights.config.get("duilian") or {}).get("lm_weight", 0.0))
+        return float((self.model.config.duilian or {}).get("lm_weight", 0.0))
 
     def _line_prior(self, hyps: list[list[decode.Hypothesis]]) -> list[list[float]]:
         """Per hypothesis, the mean log-prob of the 下联's tokens and the '-' after it read as a line from [CLS]: how
@@ -340,42 +355,11 @@ class Couplets:
         return out
 
     def lower_spec(self, upper: Line | str, opts: Options, first: str | None = None, at: int = 0) -> decode.LineSpec:
-        """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position. `first`
-        forces the character at position `at` (嵌字; simplified, in the vocabulary).
-
-        The prompt is what the model reads (model_text, unknown characters as [UNK]). 重字 and no-copy come from
-        the 上联 as the user sent it (`text`): simplifying merges characters (雲 and 云 are both 云), and a 下联
-        that repeated where the simplified reading repeats would break the rules for the line that was sent.
-        Every token that is a 上联 character in either script is banned (script.char_forms). Tones come from the
-        上联 in the answer's script; its final rule applies when either script's last character is 仄."""
+        """The rules for a 下联 of `upper` (a Line, or a clean simplified line), position by position
+        (rules.lower_spec). `first` forces the character at position `at` (嵌字; simplified, in the vocabulary)."""
         line = upper if isinstance(upper, Line) else Line(upper, upper, "simplified", upper, ())
-        text, shown = line.text, line.shown
-        ids = self._ids(line.model_text)
-        n = len(text)
-        pattern = repeat_pattern(text)
-        punct = [is_punct(ch) for ch in text]
-        forced = [ids[i] if punct[i] else -1 for i in range(n)]
-        if first is not None:
-            forced[at] = self._ids(first)[0]
-        last = max(i for i, ch in enumerate(text) if is_han(ch))
-        ends_oblique = OBLIQUE in (tone_of(text[last]), tone_of(shown[last]))
-        rhythm = set(rhythm_positions(shown))
-        same = self._same_character_ids  # a character's forms -> the tokens that are it in some script
-        upper_ids = {ids[i] for i in range(n) if not punct[i]}
-        upper_ids.update(t for ch in text if is_han(ch) for form in char_forms(ch) for t in same.get(form, ()))
-        return decode.LineSpec(
-            prompt=[self.tokenizer.cls_id, *ids, self.tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
-            length=n,
-            forced=forced,
-            repeat_of=[i if punct[i] else pattern[i] for i in range(n)],
-            distinct=True,
-            banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
-            banned=[] if opts.allow_upper_chars else sorted(upper_ids),
-            final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
-            final_rule=decode.END_LEVEL if opts.require_level_ending and ends_oblique else decode.END_ANY,
-            rhythm=[_TONE_CODE[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
-            seed=opts.seed,
-        )
+        return lower_spec(line, self.tokenizer, self._same_character_ids, allow_upper_chars=opts.allow_upper_chars,
+                          require_level_ending=opts.require_level_ending, first=first, at=at, seed=opts.seed)
 
     @cached_property
     def _same_character_ids(self) -> dict[str, tuple[int, ...]]:
@@ -407,7 +391,7 @@ class Couplets:
             return ()
         from . import hengpi
 
-        found = hengpi.suggest(upper, lower, k, embeddings=self.weights.tensors["transformer.wte.weight"],
+        found = hengpi.suggest(upper, lower, k, embeddings=self.model.transformer.wte.weight.detach(),
                                tokens=self.tokenizer.tokens)
         if script == "traditional":
             found = [Hengpi(to_traditional(h.text), h.score) for h in found]
@@ -458,14 +442,14 @@ class Couplets:
             seed=opts.seed,
             wanted=wanted,
         )
-        uppers = decode.decode(self.net, self.vocab, [upper_spec], opts.search())[0]
+        uppers = decode.generate(self.net, self.vocab, [upper_spec], opts.search())[0]
         if not uppers:
             return []
         # 2) One 下联 per 上联, the best of a few, starting with the second head.
         upper_texts = [self.tokenizer.decode(h.tokens) for h in uppers]
         lower_opts = Options(**{**opts.__dict__, "n": ACROSTIC_LOWERS})
         specs = [replace(self.lower_spec(u, lower_opts, first=heads[1], at=at), wanted=wanted) for u in upper_texts]
-        lowers = decode.decode(self.net, self.vocab, specs, lower_opts.search())
+        lowers = decode.generate(self.net, self.vocab, specs, lower_opts.search())
         if wanted is not None and not wanted():
             return []
         out = []
@@ -501,7 +485,7 @@ class Couplets:
         if len(max(seqs, key=len, default=[])) > self.n_positions:
             raise CoupletInputError(f"a couplet is longer than the model's {self.n_positions} positions")
         if self._scorer is None:
-            self._scorer = decode.LeanGPT2(self.weights, self.vocab)
+            self._scorer = self.model.for_decoding(self.vocab.ids)
         unk = self.tokenizer.unk_id
         return [lp[torch.tensor(s[st:]) != unk].sum().item()
                 for lp, s, st in zip(self._teacher_forced(seqs, starts, self._scorer), seqs, starts)]

@@ -85,8 +85,8 @@ _CLAUSE_SPLIT = re.compile(f"[{CLAUSE_MARKS}]")
 LINE_LENGTHS = (5, 7)
 """五言 and 七言: the only lengths of 律诗 and 排律."""
 MIN_REGULATION = 0.8
-"""The share of tone rules (`regulation`) a poem must keep to count as 律诗/排律. Over the checkout at commit 99ebbef the
-scores of 8-line poems are bimodal: 89% at 0.8 or more (75% at 0.95+), the rest spread around 0.55, and
+"""The share of tone rules (`regulation`) a poem must keep to count as 律诗/排律. Over the checkout at commit 99ebbef
+the scores of 8-line poems are bimodal: 89% at 0.8 or more (75% at 0.95+), the rest spread around 0.55, and
 0.75-0.8 is the valley (read by eye: poems at 0.8-0.85 are 律诗 with a 拗 line or two, those at 0.75-0.8
 mostly 古体). Of the 10+ line poems only 11% (全宋诗) and 42% (全唐诗) reach 0.8: most are 古体 and 歌行,
 whose middle couplets are not antithetical (a sample read before this check: half of the '排律' pairs

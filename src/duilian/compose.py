@@ -128,7 +128,7 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
     from .api import Options
 
     opts = opts or Options(n=n)
-    info = c.weights.config.get("duilian") or {}
+    info = c.model.config.duilian or {}
     kw_id = c.tokenizer.keyword_id
     if kw_id is None or not (info.get("lines") or {}).get("keywords"):
         raise CoupletInputError("this model was not trained with keyword lines, so it cannot compose; use a model "
@@ -157,7 +157,7 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
                              distinct=False, final_pos=length - 1, final_rule=decode.END_OBLIQUE,
                              seed=None if opts.seed is None else opts.seed + k) for k, p in enumerate(prompts)]
     search = replace(opts.search(), n=uppers_per_set, method="sample", first="sample")
-    uppers = decode.decode(c.net, c.vocab, specs, search)
+    uppers = decode.generate(c.net, c.vocab, specs, search)
 
     # 3) the 下联 of each 上联, written about the themes too
     lower_opts = replace(opts, n=LOWERS_PER_UPPER)
@@ -169,7 +169,7 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
             spec.prompt = prompts[k] + spec.prompt[1:]  # [CLS] 词 [KW] … 上联 -
             jobs.append((k, h, text))
             lower_specs.append(spec)
-    lowers = decode.decode(c.net, c.vocab, lower_specs, lower_opts.search()) if lower_specs else []
+    lowers = decode.generate(c.net, c.vocab, lower_specs, lower_opts.search()) if lower_specs else []
 
     # 4) rank: the two lines' scores and the share of themes carried; one couplet per 上联
     found: dict[tuple[str, str], ComposedCouplet] = {}

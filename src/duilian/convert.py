@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .gpt import GPTConfig
 
 # --- the map -------------------------------------------------------------------------------------
 
@@ -268,11 +272,11 @@ def read_uer_config(path: str | Path) -> dict:
 
 
 def config_from_uer(hf: dict[str, torch.Tensor], layers: int, heads: int | None, tied: bool = True,
-                    uer_config: dict | None = None):
-    """A GPT2Config for HF tensors converted from UER: sizes from the shapes; heads from `heads`, else from
+                    uer_config: dict | None = None) -> "GPTConfig":
+    """A gpt.GPTConfig for HF tensors converted from UER: sizes from the shapes; heads from `heads`, else from
     `uer_config` (a UER-py config's "heads_num"), else 12 for the seed's width of 768 (SEED_HEADS), else
     ConversionError; everything else (ids, gelu_new, dropout) from duilian.model."""
-    from .model import Preset, gpt2_config
+    from .model import Preset, gpt_config
 
     vocab, hidden = hf["transformer.wte.weight"].shape
     positions = hf["transformer.wpe.weight"].shape[0]
@@ -296,11 +300,8 @@ def config_from_uer(hf: dict[str, torch.Tensor], layers: int, heads: int | None,
         raise ConversionError(f"the number of heads must be at least 1, not {heads}")
     if hidden % heads:
         raise ConversionError(f"hidden size {hidden} is not divisible by {heads} heads")
-    config = gpt2_config(Preset(n_layer=layers, n_embd=hidden, n_head=heads, n_positions=positions))
-    config.vocab_size = vocab
-    config.n_inner = inner
-    config.tie_word_embeddings = tied
-    return config
+    config = gpt_config(Preset(n_layer=layers, n_embd=hidden, n_head=heads, n_positions=positions))
+    return replace(config, vocab_size=vocab, n_inner=inner, tie_word_embeddings=tied)
 
 
 def convert_uer_to_hf(
@@ -317,21 +318,15 @@ def convert_uer_to_hf(
 
     The number of heads comes from `heads`, or the UER-py config file `uer_config`; either may be left out
     only for the seed's width (see config_from_uer)."""
-    from transformers import GPT2LMHeadModel
-
     from .export import export_model
+    from .model import gpt_from_tensors
     from .tokenizer import Tokenizer
 
     stated = read_uer_config(uer_config) if uer_config is not None else None
     uer = load_uer_checkpoint(input_path)
     hf, tied = uer_to_hf_state_dict(uer, layers=layers, layout=layout)
     layers = count_layers(hf, "transformer.h.")
-    config = config_from_uer(hf, layers, heads, tied, stated)
-    model = GPT2LMHeadModel(config)
-    if tied:
-        hf[OUTPUT_LAYER.hf] = hf["transformer.wte.weight"]
-    model.load_state_dict(hf, strict=True)
-    model.tie_weights()  # no-op when untied; re-ties lm_head to wte when tied
+    model = gpt_from_tensors(config_from_uer(hf, layers, heads, tied, stated), hf)  # strict: every tensor used
     tokenizer = Tokenizer.from_file(vocab_path) if vocab_path is not None else None  # None: BERT's, the seed's
     return export_model(model, output_dir, dtype=dtype, tokenizer=tokenizer)
 
@@ -339,18 +334,19 @@ def convert_uer_to_hf(
 def convert_hf_to_uer(
     input_dir: str | Path, output_path: str | Path, layout: str = "new", layers: int | None = None
 ) -> Path:
-    """A HuggingFace GPT-2 directory (a duilian export or the seed's model) -> a UER .bin state dict."""
-    from .model import is_hf_model_dir, load_model
+    """A HuggingFace GPT-2 directory (a duilian export or the seed's model) -> a UER .bin state dict. The tensors are
+    read as stored (model.read_hf_weights), under the names WEIGHT_MAP maps."""
+    from .gpt import TANH_GELUS
+    from .model import is_hf_model_dir, read_hf_config, read_hf_weights
 
     input_dir = Path(input_dir)
     if not is_hf_model_dir(input_dir):
         raise ConversionError(f"{input_dir} is not a HuggingFace model directory (no config.json naming a model_type)")
-    model = load_model(input_dir)
-    if model.config.activation_function not in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
-        raise ConversionError(
-            f"the model uses {model.config.activation_function}; UER's GPT-2 uses gelu_fast (= gelu_new)"
-        )
-    uer = hf_to_uer_state_dict(model.state_dict(), layout=layout, layers=layers)
+    activation = read_hf_config(input_dir).get("activation_function", "gelu_new")
+    if activation not in TANH_GELUS:
+        raise ConversionError(f"the model uses {activation}; UER's GPT-2 uses gelu_fast (= gelu_new)")
+    hf = {k: v.float() for k, v in read_hf_weights(input_dir).items()}  # fp32, as UER-py trains (an export may be fp16)
+    uer = hf_to_uer_state_dict(hf, layout=layout, layers=layers)
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     # clone: the tied lm_head and wte share storage; saved separately so each UER name is its own tensor.

@@ -10,8 +10,8 @@ A dataset directory holds, for each split (train, val):
 Splits are `train`, `val` and, for a dataset of several sources, `val.NAME` per source (forward lines).
     meta.json            vocab size, seq_len, per-split counts and the prepare summary
 
-uint16 holds any vocabulary up to 65,535 tokens (BERT's has 21,128); a flat array plus offsets costs no padding on disk, and the
-trainer chooses how to pad (fixed 64 like the seed, or per batch).
+uint16 holds any vocabulary up to 65,535 tokens (BERT's has 21,128); a flat array plus offsets costs no padding on
+disk, and the trainer chooses how to pad (fixed 64 like the seed, or per batch).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def write_dataset(
     out.mkdir(parents=True, exist_ok=True)
     if len(tokenizer) > np.iinfo(np.uint16).max:
         raise ValueError("vocabulary too large for uint16 token arrays")
-    meta = {"format": FORMAT_VERSION, "vocab_size": len(tokenizer), "seq_len": seq_len, "splits": {}, "info": info or {}}
+    meta = {"format": FORMAT_VERSION, "vocab_size": len(tokenizer), "seq_len": seq_len, "splits": {},
+            "info": info or {}}
     for name, pairs in splits.items():
         tokens, offsets = encode_pairs(tokenizer, pairs, unknown_as_unk)
         too_long = int((np.diff(offsets) > seq_len).sum())

@@ -1,8 +1,9 @@
 """Constrained decoding: write lines that are right in form, one masked next-token step at a time.
 
-The engine knows nothing about text. It sees token ids and, for each line to write, a `LineSpec`: the prompt
-ids and the per-position rules that api.py derives from the 上联 (length, punctuation, 重字, no copying, the
-final tone). Every rule is a mask on the next-token logits applied *while* decoding, so a candidate is right
+The engine knows nothing about text, and nothing of the model but its decoding interface (gpt.GPT.start, then
+select and step on the KV cache it returns). It sees token ids and, for each line to write, a `LineSpec`: the prompt
+ids and the per-position rules that rules.lower_spec derives from the 上联 (length, punctuation, 重字, no copying,
+the final tone). Every rule is a mask on the next-token logits applied *while* decoding, so a candidate is right
 in form by construction rather than filtered afterwards:
 
     step t, row r:   allowed[r] = one Han character                          (never [SEP], Latin, ##, digits)
@@ -31,8 +32,6 @@ RULE_WEIGHT × rule score (fraction of rhythm positions whose tones oppose the �
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -124,7 +123,7 @@ class LineSpec:
     """Seeds this line's own generator; None draws from torch's global generator."""
     temperature: float | None = None
     """This line's sampling temperature; None: the Search's. Lines with different temperatures, top_k and top_p
-    share a batch (each row samples with its own), but not greedy and sampled lines: see `decode`."""
+    share a batch (each row samples with its own), but not greedy and sampled lines: see `generate`."""
     top_k: int | None = None
     """This line's top-k; None: the Search's."""
     top_p: float | None = None
@@ -248,305 +247,6 @@ class Hypothesis:
     which differ more from each other, for the rest."""
 
 
-# --- the model: GPT-2 with a preallocated KV cache ------------------------------------------------------------------
-class LeanGPT2:
-    """The forward pass of a GPT-2 (transformers' GPT2LMHeadModel), written out for decoding: a preallocated KV
-    cache, the last position only through the final layer norm, and the output layer for the emittable tokens
-    only. Built from a GPT2Weights (read straight from a model directory, no transformers) or a loaded
-    GPT2LMHeadModel; uses the weights as they are (no copy except the output rows). Tests check it against
-    transformers.
-
-    quantize="int8" (CPU only) runs the attention and MLP matmuls and the output layer with int8 weights
-    (per output channel, symmetric) and activations quantized row by row on the fly (dynamic quantization,
-    fbgemm/oneDNN kernels): about 3-5x faster matmuls on a CPU with VNNI, at a small cost in accuracy.
-    Embeddings, layer norms, attention and the KV cache stay fp32."""
-
-    def __init__(self, model, vocab: Vocab, quantize: str | None = None):
-        from .model import GPT2Weights
-
-        w = model if isinstance(model, GPT2Weights) else GPT2Weights.of(model)
-        cfg, t = w.config, w.tensors
-        if cfg.get("add_cross_attention", False):
-            raise ValueError("cross-attention GPT-2 models are not supported")
-        if quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {QUANTIZE}, not {quantize!r}")
-        self.weights, self.quantize = w, quantize
-        self.n_layer, self.n_head, self.d = cfg["n_layer"], cfg["n_head"], cfg["n_embd"]
-        self.n_positions = w.n_positions
-        self.eps = cfg.get("layer_norm_epsilon", 1e-5)
-        act = cfg.get("activation_function", "gelu_new")
-        if act in ("gelu_new", "gelu_pytorch_tanh"):  # GPT-2's tanh approximation, one fused kernel
-            self.act = lambda x: F.gelu(x, approximate="tanh")
-        else:  # rare in GPT-2 checkpoints: let transformers say what the name means
-            from transformers.activations import ACT2FN
-
-            self.act = ACT2FN[act]
-        hd = self.d // self.n_head
-        base = 1 / math.sqrt(hd) if cfg.get("scale_attn_weights", True) else 1.0
-        by_layer = cfg.get("scale_attn_by_inverse_layer_idx", False)
-        self.scales = [base / (i + 1) if by_layer else base for i in range(self.n_layer)]
-        self.wte, self.wpe = t["transformer.wte.weight"], t["transformer.wpe.weight"]
-        ln = lambda name: (t[name + ".weight"], t[name + ".bias"])  # noqa: E731
-        self.ln = [(ln(f"transformer.h.{i}.ln_1"), ln(f"transformer.h.{i}.ln_2")) for i in range(self.n_layer)]
-        self.ln_f = ln("transformer.ln_f")
-        device = self.wte.device
-        self.dtype = self.wte.dtype
-        self.vocab_ids = vocab.ids.to(device)
-        self.full_head = t.get("lm_head.weight", self.wte)  # [V, d]: tied to the embedding unless stored
-        head_w = self.full_head.index_select(0, self.vocab_ids)  # [V', d]
-        if quantize == "int8":
-            if device.type != "cpu":
-                raise ValueError(f"int8 weights run on the CPU only, not {device}")
-            check_int8_engine()
-            # transformers' Conv1D stores the weight as (in, out); a linear layer wants (out, in).
-            lin = lambda name: Int8Linear(t[name + ".weight"].T, t[name + ".bias"])  # noqa: E731
-        else:
-            lin = lambda name: Fp32Linear(t[name + ".weight"], t[name + ".bias"])  # noqa: E731
-        # Per block: (c_attn, c_proj, c_fc, mlp c_proj), each x [N, in] -> [N, out].
-        self.linears = [tuple(lin(f"transformer.h.{i}.{m}") for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
-                        for i in range(self.n_layer)]
-        self.head = Int8Linear(head_w, None) if quantize == "int8" else Fp32Linear(head_w.T, None)
-        self._device = device
-
-    @property
-    def device(self):
-        return self._device
-
-    def full_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, T] -> logits [B, T, V] over the whole vocabulary at every position (scoring, not decoding).
-        Rows may be right-padded: causal attention never lets a real token see the padding after it."""
-        B, T = ids.shape
-        k = torch.empty((self.n_layer, B, self.n_head, T, self.d // self.n_head), dtype=self.dtype, device=self.device)
-        x = KVCache(self, [k], [torch.empty_like(k)], [0]).hidden(ids.to(self.device))
-        return _layer_norm(x, self.ln_f, self.eps) @ self.full_head.T
-
-    def start(self, prompts: torch.Tensor | list[list[int]], new_tokens: int | list[int]
-              ) -> tuple["KVCache", torch.Tensor]:
-        """Prefill prompts -> (cache with room for new_tokens more per row, logits [B, V']).
-
-        prompts: [B, T] ids, or lists of ids of any lengths with equal lengths next to each other. Each run of
-        equal lengths is prefilled on its own and keeps its own cache, so a row computes exactly what it
-        would alone (no padding, no attention mask). new_tokens: one count for all, or one per prompt (a run's
-        cache holds its longest)."""
-        groups = _runs(prompts)
-        room = list(new_tokens) if isinstance(new_tokens, (list, tuple)) else [new_tokens] * sum(map(len, groups))
-        starts = [0]
-        for g in groups:
-            starts.append(starts[-1] + len(g))
-        room = [max(room[a:b]) for a, b in zip(starts, starts[1:])]  # per run
-        longest = max(len(g[0]) + r for g, r in zip(groups, room))
-        if longest > self.n_positions:
-            raise ValueError(f"{longest} tokens exceed the model's {self.n_positions} positions")
-        hd = self.d // self.n_head
-        ks, vs, logits = [], [], []
-        for g, new in zip(groups, room):
-            ids = torch.tensor(g, dtype=torch.long, device=self.device)  # (B_g, T_g)
-            shape = (self.n_layer, len(g), self.n_head, ids.shape[1] + new, hd)
-            k = torch.empty(shape, dtype=self.dtype, device=self.device)
-            cache = KVCache(self, [k], [torch.empty_like(k)], [0])
-            logits.append(cache.forward(ids))
-            ks += cache.k
-            vs += cache.v
-        cache = KVCache(self, ks, vs, [len(g[0]) for g in groups])
-        return cache, torch.cat(logits) if len(logits) > 1 else logits[0]
-
-
-def _runs(prompts) -> list[list[list[int]]]:
-    """Prompts -> runs of consecutive prompts of equal length."""
-    prompts = prompts.tolist() if isinstance(prompts, torch.Tensor) else list(prompts)
-    runs: list[list[list[int]]] = []
-    for p in prompts:
-        if runs and len(runs[-1][0]) == len(p):
-            runs[-1].append(list(p))
-        else:
-            runs.append([list(p)])
-    if len({len(r[0]) for r in runs}) != len(runs):
-        raise ValueError("prompts of equal length must be next to each other")
-    return runs
-
-
-def _split(index: torch.Tensor, sizes: list[int]) -> list[tuple[int, torch.Tensor]]:
-    """Global row indices into groups of `sizes` rows -> [(group, local indices)], in order; the rows of a
-    group must stay together (expanding lines to candidates and reordering beams within a line do)."""
-    ends = torch.tensor(sizes, device=index.device).cumsum(0)
-    group = torch.searchsorted(ends, index, right=True)  # (R',)
-    out, start = [], 0
-    for g, n in zip(*torch.unique_consecutive(group, return_counts=True)):
-        g, n = int(g), int(n)
-        out.append((g, index[start:start + n] - (ends[g] - sizes[g])))
-        start += n
-    if len({g for g, _ in out}) != len(out):
-        raise ValueError("a group's rows must stay together")
-    return out
-
-
-QUANTIZE = (None, "int8")
-"""Weight formats LeanGPT2 (and duilian.load) accept: None keeps the model's own weights."""
-
-
-def check_int8_engine() -> None:
-    """ValueError unless this torch has a CPU kernel for int8 dynamic linear layers."""
-    engines = set(torch.backends.quantized.supported_engines) & {"x86", "fbgemm", "onednn"}
-    if not engines:
-        raise ValueError("int8 weights need torch's x86/fbgemm or onednn quantized engine; this torch has "
-                         f"{torch.backends.quantized.supported_engines}")
-    if torch.backends.quantized.engine not in engines:
-        torch.backends.quantized.engine = "x86" if "x86" in engines else sorted(engines)[0]
-
-
-class Fp32Linear:
-    """y = x @ W + b with the model's own W [in, out] (no copy); x [..., in] -> [..., out]."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        self.weight, self.bias = weight, bias
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        y = x2 @ self.weight if self.bias is None else torch.addmm(self.bias, x2, self.weight)
-        return y.view(*x.shape[:-1], -1)
-
-
-def int8_full_range() -> bool:
-    """Whether int8 activations may use all 8 bits on this CPU (else 7: `reduce_range`).
-
-    fbgemm multiplies uint8 activations by int8 weights. With AVX-512 VNNI (vpdpbusd) each product is added
-    into 32 bits, exactly. Without it (AVX2, AVX-512 before Cascade Lake) the kernel uses vpmaddubsw, which
-    adds pairs of products into *16 bits, saturating*: 255 x 127 x 2 overflows, and a layer's error grows
-    from ~1% to ~10% on real activations. Halving the activation range (reduce_range=True, what torch's own
-    dynamic quantization does on x86) keeps those sums in range at every ISA, but costs accuracy where VNNI
-    makes it needless (relative matmul error ~2.2% instead of ~1.2%). So: the full range only with VNNI.
-
-    The check is torch.cpu._is_vnni_supported() (cpuinfo's avx512_vnni), narrowed by fbgemm's own override
-    FBGEMM_ENABLE_INSTRUCTIONS (AVX2 / AVX512 / AVX512_E1 = VNNI), which the tests use to run the non-VNNI
-    kernels on a VNNI machine.
-    """
-    forced = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper()
-    if forced and "VNNI" not in forced and "E1" not in forced:
-        return False
-    is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)  # private: absent -> assume no VNNI (safe)
-    return bool(is_vnni()) if is_vnni is not None else False
-
-
-class Int8Linear:
-    """y = x @ W.T + b with W [out, in] stored as int8, one scale per output row (symmetric: the row's largest
-    |w| maps to 127), prepacked for the CPU kernel; x is quantized per call to uint8 with its own range (8 bits
-    with VNNI, 7 without: see int8_full_range)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        w = weight.detach().float().contiguous()
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).double()  # [out]
-        with warnings.catch_warnings():  # torch >= 2.12 marks quantized tensors deprecated; the packed op is not
-            warnings.simplefilter("ignore", UserWarning)
-            qw = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-        self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
-        self.reduce_range = not int8_full_range()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, x.shape[-1]).contiguous(), self.packed,
-                                               self.reduce_range)
-        return y.view(*x.shape[:-1], -1)
-
-
-class KVCache:
-    """Keys and values of the rows being decoded, one cache per run of rows with equal prompt lengths:
-    k[g], v[g] [n_layer, R_g, n_head, T_max_g, head_dim] with filled[g] slots written."""
-
-    def __init__(self, net: LeanGPT2, k: list[torch.Tensor], v: list[torch.Tensor], filled: list[int]):
-        self.net, self.k, self.v, self.filled = net, k, v, filled
-
-    def select(self, index: torch.Tensor) -> "KVCache":
-        """A new cache whose row i is row index[i] of this one (expand a prompt to its candidates, reorder beams)."""
-        parts = _split(index.to(self.k[0].device), [k.shape[1] for k in self.k])
-
-        def take(cache, g, i):  # a group kept whole, in order (finished lines dropped around it), is not copied
-            whole = len(i) == cache.shape[1] and bool((i == torch.arange(len(i), device=i.device)).all())
-            return cache if whole else cache.index_select(1, i)
-
-        return KVCache(self.net, [take(self.k[g], g, i) for g, i in parts], [take(self.v[g], g, i) for g, i in parts],
-                       [self.filled[g] for g, _ in parts])
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row (vocabulary ids [R]) -> logits [R, V'] for the next position."""
-        return self.forward(tokens.to(self.k[0].device)[:, None])
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [R, T] appended to the cache -> logits [R, V'] for the next position after the last."""
-        x = self.hidden(ids)
-        return self.net.head(_layer_norm(x[:, -1], self.net.ln_f, self.net.eps))  # (R, V'): the last position only
-
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [R, T] appended to the cache -> the last block's output [R, T, d] (before the final layer norm)."""
-        net = self.net
-        R, T = ids.shape
-        # Causal masking by is_causal is only right when the queries start at position 0 (the prefill).
-        assert T == 1 or self.filled == [0], "multi-token steps only for the prefill of one group"
-        nh, hd = net.n_head, net.d // net.n_head
-        sizes = [k.shape[1] for k in self.k]
-        if len(sizes) == 1:
-            p0 = self.filled[0]
-            x = net.wte[ids] + net.wpe[p0:p0 + T]  # (R, T, d)
-        else:  # one new token per row, each group at its own position
-            pos = torch.cat([torch.full((n,), f, device=ids.device) for n, f in zip(sizes, self.filled)])
-            x = net.wte[ids] + net.wpe[pos][:, None]  # (R, 1, d)
-        for i, ((ln_1, ln_2), (c_attn, c_proj, c_fc, fc_proj)) in enumerate(zip(net.ln, net.linears)):
-            h = _layer_norm(x, ln_1, net.eps)
-            qkv = c_attn(h)  # (R, T, 3d): the matmuls take all rows at once
-            q, k, v = (t.view(R, T, nh, hd).transpose(1, 2) for t in qkv.split(net.d, dim=2))  # (R, nh, T, hd)
-            outs, a = [], 0
-            for kc, vc, f, n in zip(self.k, self.v, self.filled, sizes):  # attention group by group
-                kc[i, :, :, f:f + T] = k[a:a + n]
-                vc[i, :, :, f:f + T] = v[a:a + n]
-                outs.append(F.scaled_dot_product_attention(
-                    q[a:a + n], kc[i, :, :, :f + T], vc[i, :, :, :f + T], is_causal=T > 1, scale=net.scales[i]
-                ))  # (R_g, nh, T, hd)
-                a += n
-            att = torch.cat(outs) if len(outs) > 1 else outs[0]
-            x = x + c_proj(att.transpose(1, 2).reshape(R, T, net.d))
-            h = _layer_norm(x, ln_2, net.eps)
-            x = x + fc_proj(net.act(c_fc(h)))
-        self.filled = [f + T for f in self.filled]
-        return x
-
-
-def _layer_norm(x, ln: tuple[torch.Tensor, torch.Tensor], eps: float):
-    return F.layer_norm(x, x.shape[-1:], ln[0], ln[1], eps)
-
-
-class Recompute:
-    """The reference for LeanGPT2: no cache, the transformers model run over the whole sequence at every step.
-    Same interface (start -> state with select/step); used by the tests and the benchmark."""
-
-    def __init__(self, model, vocab: Vocab):
-        self.model = model
-        self.device = next(model.parameters()).device
-        self.vocab_ids = vocab.ids.to(self.device)
-
-    def start(self, prompts, new_tokens: int):
-        groups = [torch.tensor(g, dtype=torch.long, device=self.device) for g in _runs(prompts)]
-        state = _RecomputeState(self, groups)
-        return state, state.logits()
-
-
-class _RecomputeState:
-    def __init__(self, net: Recompute, ids: list[torch.Tensor]):
-        self.net, self.ids = net, ids  # one [R_g, T_g] tensor per run of equal prompt lengths
-
-    def select(self, index):
-        parts = _split(index.to(self.net.device), [len(g) for g in self.ids])
-        return _RecomputeState(self.net, [self.ids[g].index_select(0, i) for g, i in parts])
-
-    def step(self, tokens):
-        tokens, a = tokens.to(self.net.device), 0
-        for g, ids in enumerate(self.ids):
-            self.ids[g] = torch.cat([ids, tokens[a:a + len(ids), None]], dim=1)
-            a += len(ids)
-        return self.logits()
-
-    def logits(self):
-        out = torch.cat([self.net.model(g, use_cache=False).logits[:, -1] for g in self.ids])  # (R, V)
-        return out.index_select(1, self.net.vocab_ids)
-
-
 # --- constraints as tensors -------------------------------------------------------------------------------------
 @dataclass
 class Rules:
@@ -621,8 +321,8 @@ def allowed_tokens(rules: Rules, vocab: Vocab, rows: torch.Tensor, t: int, out: 
     # All rules at once (few passes over [R, V']: this runs for every row at every step).
     allowed = rules.free[rows]  # one Han character, none of the 上联's
     if t > 0:  # 重字 only where the 上联 has them: clear the row's own t tokens, not a pass over [R, V']
-        d = rules.distinct[rows].nonzero()[:, 0]
-        allowed[d[:, None], out[d, :t]] = False
+        distinct_rows = rules.distinct[rows].nonzero()[:, 0]
+        allowed[distinct_rows[:, None], out[distinct_rows, :t]] = False
     at = rules.banned_at[rows, t]  # (R,) no copy in place
     allowed[ar[at >= 0], at[at >= 0]] = False
     final = (rules.final_pos[rows] == t).nonzero()[:, 0]
@@ -763,13 +463,15 @@ def _sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs.gather(1, order), order
 
 
-def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
+def generate(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
     """Write candidates for each spec -> per spec, up to search.n distinct hypotheses, best first.
 
-    net: a LeanGPT2 (or the Recompute reference). Specs are grouped by (prompt length, line length). Lines may
-    sample with options of their own (LineSpec.temperature, top_k, top_p), but greedy and sampled lines change
-    the search's shape (one row per line, no lead beam), so a line's temperature must be greedy exactly when
-    the search's is. A line no longer `wanted` is left out, or leaves its pass at the next step; it gets [].
+    net: a gpt.GPT made for decoding (GPT.for_decoding(vocab.ids), whose output layer computes the vocabulary's
+    tokens only), or anything with the same start -> (state, logits), state.select / state.step (gpt.Recompute).
+    Specs are grouped by (prompt length, line length). Lines may sample with options of their own
+    (LineSpec.temperature, top_k, top_p), but greedy and sampled lines change the search's shape (one row per line,
+    no lead beam), so a line's temperature must be greedy exactly when the search's is. A line no longer `wanted` is
+    left out, or leaves its pass at the next step; it gets [].
     """
     if search.method == "sample":
         for s in specs:
@@ -790,7 +492,7 @@ def decode(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[lis
 
 def _chunks(specs: list[LineSpec], rows_per_line: int):
     """The lines still wanted (indices into specs), in chunks to decode together, each sorted by prompt length
-    (equal lengths next to each other, as LeanGPT2.start wants them).
+    (equal lengths next to each other, as GPT.start wants them).
 
     A line's rows leave the batch once it is written (samples and beams alike), so one pass costs no more than
     the lines' own steps: all lengths go together, in chunks bounded by the KV cache they allocate,

@@ -1,4 +1,4 @@
-"""Export: a trained GPT2LMHeadModel -> a HuggingFace model directory that the seed's snippet loads as is:
+"""Export: a trained model -> a HuggingFace model directory that the seed's snippet loads as is:
 
     tokenizer = BertTokenizer.from_pretrained(d); model = GPT2LMHeadModel.from_pretrained(d)
     TextGenerationPipeline(model, tokenizer)("[CLS]丹 枫 江 冷 人 初 去 -", max_length=25, do_sample=True)
@@ -19,6 +19,10 @@ The tokenizer files are written by hand rather than by `BertTokenizer.save_pretr
 writes vocab.txt under transformers 4 but only tokenizer.json under transformers 5; the hand-written
 files are the ones transformers 4 writes, and transformers 5 (checked on 5.17 and 5.24) loads them too.
 
+This is one of the edges where transformers is used: a gpt.GPT is turned into transformers' GPT2LMHeadModel (the
+same names and tensors: model.to_transformers) and saved by its save_pretrained, so the files are exactly what
+transformers writes and reads.
+
 Note that transformers 5's BertTokenizer turns the seed's prompt into [CLS] [CLS] 丹 … - [SEP] (it adds
 its own [CLS] … [SEP] around the text). We keep that behaviour; the trainer teaches the model to continue
 that form too. `seed_snippet_check` measures how well an export does on it.
@@ -37,7 +41,8 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, GPT2LMHeadModel
 
-from .model import is_hf_model_dir
+from .gpt import GPT
+from .model import is_hf_model_dir, to_transformers
 from .text import MAX_CHARS
 from .tokenizer import CLS, MASK, PAD, SEP, SEPARATOR, UNK, Tokenizer, default_tokenizer
 
@@ -59,13 +64,14 @@ DEFAULT_TOP_K = 50
 
 
 def export_model(
-    model: GPT2LMHeadModel,
+    model: GPT | GPT2LMHeadModel,
     out_dir: str | Path,
     dtype: torch.dtype | None = None,
     max_shard_size: str | int | None = None,
     tokenizer: Tokenizer | None = None,
 ) -> Path:
-    """Write `model` as a HuggingFace directory at `out_dir` (created; files of the same name replaced).
+    """Write `model` (a gpt.GPT, or transformers' GPT2LMHeadModel of a directory being re-exported) as a HuggingFace
+    directory at `out_dir` (created; files of the same name replaced). config.json keeps the model's "duilian" entry.
 
     dtype: cast the weights (torch.float16 halves the size); None keeps the model's dtype.
     max_shard_size: e.g. "50MB" to split the safetensors file; None keeps transformers' default (one file).
@@ -81,9 +87,9 @@ def export_model(
             f"the vocabulary has {len(tok)} tokens but the model has vocab_size {model.config.vocab_size}"
         )
 
-    # 1) A CPU copy in the export dtype, so a model still on the GPU or in training is left alone.
-    #    deepcopy keeps the lm_head <-> wte tie.
-    model = copy.deepcopy(model).to("cpu")
+    # 1) A CPU copy in the export dtype, so a model still on the GPU or in training is left alone: transformers'
+    #    GPT2LMHeadModel over copies of a GPT's tensors, or a deepcopy (which keeps the lm_head <-> wte tie).
+    model = to_transformers(model, tok) if isinstance(model, GPT) else copy.deepcopy(model).to("cpu")
     if dtype is not None:
         model = model.to(dtype)
     model.eval()
@@ -245,10 +251,10 @@ def seed_snippet_check(model_dir: str | Path, uppers: list[str], n: int = 100, s
 # --- what to export ------------------------------------------------------------------------------
 
 
-def model_from_path(path: str | Path) -> tuple[GPT2LMHeadModel, Tokenizer]:
+def model_from_path(path: str | Path) -> tuple[GPT | GPT2LMHeadModel, Tokenizer]:
     """The model behind `path` and its vocabulary: a training checkpoint file, a training run directory (its
     final.pt, else its latest step checkpoint; see duilian.train.load_checkpoint), or a HuggingFace
-    directory (to re-export it, e.g. as float16)."""
+    directory, to re-export it (e.g. as float16): read by transformers, so every field of its config.json is kept."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")

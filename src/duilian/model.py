@@ -1,23 +1,27 @@
-"""Model presets and loading. The model class is `transformers.GPT2LMHeadModel`, so every duilian
-checkpoint is interchangeable with the seed's `uer/gpt2-chinese-couplet`.
+"""Model presets, building and loading. The model class is duilian.gpt.GPT, GPT-2 written out under
+transformers' names, so every duilian checkpoint and export is interchangeable with the seed's
+`uer/gpt2-chinese-couplet`.
 
 `base` is the seed's configuration exactly; the smaller presets are for CPU work, tests and the
 shippable default model.
 
-Decoding needs no transformers: `GPT2Weights.from_dir` reads config.json and the safetensors straight
-into tensors for decode.LeanGPT2 (importing transformers costs seconds). transformers is imported only
-where a GPT2LMHeadModel is built: training, export, conversion, and the tests' references.
+A model directory (any HuggingFace GPT-2 directory, or a Hub id such as `uer/gpt2-chinese-couplet`) is read
+straight into a GPT: config.json and the safetensors (or pytorch_model.bin) into tensors, without transformers
+(importing it costs seconds). transformers is imported only at the edges: `to_transformers` for export, `load_model`
+(transformers' own model of a directory, the reference the tests and benchmarks compare against), conversion.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from .gpt import GPT, GPTConfig
 from .tokenizer import Tokenizer, default_tokenizer
 
 if TYPE_CHECKING:
@@ -44,7 +48,8 @@ class Preset:
         c = read_hf_config(model_dir)
         n_inner = c.get("n_inner") or 4 * c["n_embd"]
         if n_inner != 4 * c["n_embd"]:
-            raise ValueError(f"{model_dir}: feed-forward width {n_inner} is not 4 x n_embd; duilian's shapes are GPT-2's")
+            raise ValueError(f"{model_dir}: feed-forward width {n_inner} is not 4 x n_embd; duilian's shapes are "
+                             "GPT-2's")
         return cls(n_layer=c["n_layer"], n_embd=c["n_embd"], n_head=c["n_head"], n_positions=c["n_positions"])
 
 
@@ -56,42 +61,32 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def gpt2_config(preset: str | Preset, dropout: float = 0.1, tokenizer: "Tokenizer | None" = None) -> "GPT2Config":
-    """The transformers config for a preset: one embedding row per token of `tokenizer` (default: the BERT
-    vocabulary) and its special-token ids."""
+def gpt_config(preset: str | Preset, dropout: float = 0.1, tokenizer: "Tokenizer | None" = None) -> GPTConfig:
+    """The GPT config for a preset: one embedding row per token of `tokenizer` (default: the BERT vocabulary)."""
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    return GPTConfig(vocab_size=len(tokenizer or default_tokenizer()), n_layer=p.n_layer, n_embd=p.n_embd,
+                     n_head=p.n_head, n_positions=p.n_positions, n_inner=4 * p.n_embd, dropout=dropout,
+                     activation_function="gelu_new")  # UER's gelu_fast
+
+
+def gpt2_config(preset: str | Preset | GPTConfig, dropout: float = 0.1,
+                tokenizer: "Tokenizer | None" = None) -> "GPT2Config":
+    """The transformers config for a preset (or a GPT's config), with `tokenizer`'s special-token ids: what an
+    export writes into config.json."""
     from transformers import GPT2Config
 
-    p = PRESETS[preset] if isinstance(preset, str) else preset
+    config = preset if isinstance(preset, GPTConfig) else gpt_config(preset, dropout, tokenizer)
     tok = tokenizer or default_tokenizer()
-    return GPT2Config(
-        vocab_size=len(tok),
-        n_positions=p.n_positions,
-        n_embd=p.n_embd,
-        n_layer=p.n_layer,
-        n_head=p.n_head,
-        n_inner=4 * p.n_embd,
-        activation_function="gelu_new",  # UER's gelu_fast
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        tie_word_embeddings=True,
-        bos_token_id=tok.cls_id,
-        eos_token_id=tok.sep_id,
-        pad_token_id=tok.pad_id,
-    )
+    return GPT2Config(**config.to_hf(), bos_token_id=tok.cls_id, eos_token_id=tok.sep_id, pad_token_id=tok.pad_id)
 
 
 def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = None,
-                tokenizer: "Tokenizer | None" = None) -> "GPT2LMHeadModel":
-    """A freshly initialised GPT2LMHeadModel (GPT-2's own init) for `tokenizer`'s vocabulary (default BERT's).
-    `seed` makes the init reproducible."""
+                tokenizer: "Tokenizer | None" = None) -> GPT:
+    """A freshly initialised GPT (GPT-2's own init) for `tokenizer`'s vocabulary (default BERT's). `seed` makes
+    the init reproducible."""
     if seed is not None:
         torch.manual_seed(seed)
-    from transformers import GPT2LMHeadModel
-
-    config = gpt2_config(preset, dropout, tokenizer)
-    config._attn_implementation = "sdpa"
-    return GPT2LMHeadModel(config)
+    return GPT(gpt_config(preset, dropout, tokenizer))
 
 
 def is_hf_model_dir(path: str | Path) -> bool:
@@ -123,20 +118,21 @@ def read_hf_weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
     (no `transformer.` prefix) get it added."""
     from safetensors.torch import load_file
 
-    d = Path(model_dir)
-    if (d / "model.safetensors").exists():
-        state = load_file(d / "model.safetensors")
-    elif (d / "model.safetensors.index.json").exists():
-        shards = set(json.loads((d / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"].values())
-        state = {k: v for shard in sorted(shards) for k, v in load_file(d / shard).items()}
-    elif (d / "pytorch_model.bin").exists():
-        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    directory = Path(model_dir)
+    if (directory / "model.safetensors").exists():
+        state = load_file(directory / "model.safetensors")
+    elif (directory / "model.safetensors.index.json").exists():
+        index = json.loads((directory / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        shards = sorted(set(index["weight_map"].values()))
+        state = {k: v for shard in shards for k, v in load_file(directory / shard).items()}
+    elif (directory / "pytorch_model.bin").exists():
+        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"{d} holds no model.safetensors, shard index or pytorch_model.bin")
+        raise FileNotFoundError(f"{directory} holds no model.safetensors, shard index or pytorch_model.bin")
     return {(k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k): v for k, v in state.items()}
 
 
-def init_from_model_dir(model: "GPT2LMHeadModel", model_dir: str | Path, tokens: list[str] | tuple[str, ...]) -> dict:
+def init_from_model_dir(model: GPT, model_dir: str | Path, tokens: list[str] | tuple[str, ...]) -> dict:
     """Copy a HuggingFace GPT-2 directory's weights into `model`, matching the token embedding's rows by
     token: `tokens` is `model`'s vocabulary, the directory's vocab.txt the source's.
 
@@ -191,7 +187,8 @@ def init_from_model_dir(model: "GPT2LMHeadModel", model_dir: str | Path, tokens:
                 t.copy_(s)
     matched = int(found.sum())
     new_blocks = sum(new for _, new in plan)
-    return {"matched": matched, "new": len(tokens) - matched, "blocks": len(plan) - new_blocks, "new_blocks": new_blocks}
+    return {"matched": matched, "new": len(tokens) - matched, "blocks": len(plan) - new_blocks,
+            "new_blocks": new_blocks}
 
 
 def grown_layers(source: int, target: int) -> list[tuple[int, bool]]:
@@ -209,47 +206,78 @@ def grown_layers(source: int, target: int) -> list[tuple[int, bool]]:
     return plan
 
 
-@dataclass
-class GPT2Weights:
-    """A GPT-2 as decoding needs it: config.json's fields and the tensors under GPT2LMHeadModel's names
-    (`transformer.wte.weight`, ...; `lm_head.weight` only when it is not tied to the embedding)."""
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""A Hugging Face Hub model id, owner/name (uer/gpt2-chinese-couplet)."""
+HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+"""What a GPT-2 needs from a Hub repository: no tokenizer.json, TensorFlow or Flax weights."""
 
-    config: dict
-    tensors: dict[str, torch.Tensor]
 
-    @classmethod
-    def from_dir(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "GPT2Weights":
-        """Any HuggingFace GPT-2 directory (a duilian export, the seed's model), without transformers."""
-        config = read_hf_config(model_dir)
-        tensors = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-                   for k, v in read_hf_weights(model_dir).items()}
-        if config.get("tie_word_embeddings", True):
-            tensors.pop("lm_head.weight", None)
-        return cls(config, tensors)
+def model_dir(name: str | Path) -> Path:
+    """A model directory: a local path as it is, else a Hub id (owner/name) through huggingface_hub: downloaded
+    into its cache, or read from that cache when the Hub cannot be reached (offline, HF_HUB_OFFLINE=1)."""
+    path = Path(name)
+    if path.exists() or not HUB_ID.fullmatch(str(name)):
+        return path
+    from huggingface_hub import snapshot_download
 
-    @classmethod
-    def of(cls, model: "GPT2LMHeadModel") -> "GPT2Weights":
-        """The weights of a loaded GPT2LMHeadModel, shared (not copied)."""
-        tensors = {k: v.detach() for k, v in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            tensors.pop("lm_head.weight", None)
-        return cls(model.config.to_dict(), tensors)
+    try:
+        return Path(snapshot_download(str(name), allow_patterns=HUB_FILES))
+    except Exception as e:  # not cached and offline, no such repository, ...: say what was looked for
+        raise FileNotFoundError(f"{name} is neither a local directory nor a Hugging Face Hub model this machine "
+                                f"can fetch or has cached ({type(e).__name__}: {e})") from e
 
-    @property
-    def device(self) -> torch.device:
-        return self.tensors["transformer.wte.weight"].device
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tensors["transformer.wte.weight"].shape[0]
+def load_gpt(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GPT:
+    """Any HuggingFace GPT-2 directory (a duilian export, the seed's model) as a GPT in eval mode, without
+    transformers: the tensors are read, converted to `dtype` and `device`, and used as they are."""
+    config = GPTConfig.from_hf(read_hf_config(model_dir))
+    tensors = {k: _aligned(v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype))
+               for k, v in read_hf_weights(model_dir).items()}
+    return gpt_from_tensors(config, tensors)
 
-    @property
-    def n_positions(self) -> int:
-        return self.tensors["transformer.wpe.weight"].shape[0]
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, copied if it does not start on a 64-byte boundary. safetensors hands back the tensors of a file inside
+    the file's buffer, at whatever offset they have there, and CPU BLAS multiplies by a misaligned matrix about
+    half as fast: a decoding step's [5, 256] x [256, 1024] took 162 µs, against 88 µs for the same weights copied."""
+    return t.clone() if t.device.type == "cpu" and t.data_ptr() % 64 else t
+
+
+def from_transformers(model: "GPT2LMHeadModel") -> GPT:
+    """A loaded transformers GPT2LMHeadModel as a GPT over the same tensors (shared, not copied)."""
+    return gpt_from_tensors(GPTConfig.from_hf(model.config.to_dict()), dict(model.state_dict()))
+
+
+def gpt_from_tensors(config: GPTConfig, tensors: dict[str, torch.Tensor]) -> GPT:
+    """A GPT (eval mode) over `tensors`, a state dict under GPT2LMHeadModel's names (used as they are, not copied;
+    lm_head.weight may be left out when it is tied)."""
+    if config.tie_word_embeddings or "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    vocab = tensors["transformer.wte.weight"].shape[0]
+    if vocab != config.vocab_size:  # a config.json that disagrees with its weights: the weights are what runs
+        config.vocab_size = vocab
+    with torch.device("meta"):  # no initialisation: every tensor is replaced
+        model = GPT(config)
+    model.load_state_dict(tensors, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight
+    return model.eval()
+
+
+def to_transformers(model: GPT, tokenizer: "Tokenizer | None" = None) -> "GPT2LMHeadModel":
+    """The GPT as a transformers GPT2LMHeadModel with the same weights (copied): what export saves. Special-token
+    ids come from `tokenizer` (default BERT's)."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(gpt2_config(model.config, tokenizer=tokenizer))
+    hf.load_state_dict(model.state_dict())
+    hf.tie_weights()
+    return hf.to(model.transformer.wte.weight.dtype)
 
 
 def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "GPT2LMHeadModel":
-    """Any HuggingFace GPT-2 directory as a transformers model: a duilian export or a copy of the seed's."""
+    """Any HuggingFace GPT-2 directory as transformers' own model: the reference the tests and benchmarks hold a
+    GPT to, and the way export re-reads a directory with every field of its config.json."""
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=dtype) if _has_dtype_kwarg() else \

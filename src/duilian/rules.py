@@ -1,6 +1,7 @@
 """What makes a couplet: the form rules and tones, as pure functions of the two lines.
 
-The decoder turns these rules into masks (decode.py); the evaluator and the server report them.
+lower_spec turns these rules into the decoder's input for a 上联 (a decode.LineSpec, whose rules decode.py applies
+as masks); the evaluator and the server report them (check_pair).
 Tones are modern Mandarin tones from pypinyin: tones 1 and 2 are level (平), 3 and 4 oblique (仄).
 A neutral-tone reading falls back to the character's first toned reading; a character with no toned
 reading at all has no tone class (None) and passes every tone rule.
@@ -12,9 +13,13 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Mapping
 
 from .text import PUNCTUATION, clauses, is_han
+
+if TYPE_CHECKING:
+    from .decode import LineSpec
+    from .tokenizer import Tokenizer
 
 
 def _pinyin_dict() -> dict[int, str]:
@@ -151,4 +156,57 @@ def check_pair(upper: str, lower: str, allow_upper_chars: bool = False,
         ends_level=ends_level,
         rhythm_opposition=rhythm_opposition(upper, lower) if same_length else None,
         final_tone=tone_of(l_last) if l_last else None,
+    )
+
+
+# --- the rules as the decoder's masks -----------------------------------------------------------------------------
+def decoder_tones() -> dict[str | None, int]:
+    """Tone classes as tone_of gives them (None, 平, 仄) -> the decoder's (decode.TONE_*)."""
+    from . import decode  # the decoder (and torch) only for those who decode
+
+    return {None: decode.TONE_NONE, LEVEL: decode.TONE_LEVEL, OBLIQUE: decode.TONE_OBLIQUE}
+
+
+def lower_spec(line, tokenizer: "Tokenizer", same_ids: Mapping[str, Iterable[int]], *,
+               allow_upper_chars: bool = False, require_level_ending: bool = True, first: str | None = None,
+               at: int = 0, seed: int | None = None) -> "LineSpec":
+    """The rules for the 下联 of a 上联, position by position, as the decoder's LineSpec (its masks).
+
+    line: the 上联 as the user sent it (`text`), in the answer's script (`shown`) and as the model reads it
+    (`model_text`): an api.Line. The prompt is what the model reads (unknown characters as [UNK]). 重字 and no-copy
+    come from `text`: simplifying merges characters (雲 and 云 are both 云), and a 下联 that repeated where the
+    simplified reading repeats would break the rules for the line that was sent. Every token that is a 上联
+    character in either script is banned (script.char_forms; `same_ids`: a character's forms -> the tokens that are
+    it), unless allow_upper_chars. Tones come from `shown`; the final rule (a 平 ending) applies when either
+    script's last character is 仄, and require_level_ending. `first` forces that character at position `at` (嵌字).
+    """
+    from . import decode
+    from .script import char_forms
+
+    text, shown = line.text, line.shown
+    ids = tokenizer.encode_chars(line.model_text, unknown_as_unk=True)
+    n = len(text)
+    pattern = repeat_pattern(text)
+    punct = [ch in PUNCTUATION for ch in text]
+    forced = [ids[i] if punct[i] else -1 for i in range(n)]
+    if first is not None:
+        forced[at] = tokenizer.encode_chars(first, unknown_as_unk=True)[0]
+    last = max(i for i, ch in enumerate(text) if is_han(ch))
+    ends_oblique = OBLIQUE in (tone_of(text[last]), tone_of(shown[last]))
+    rhythm = set(rhythm_positions(shown))
+    upper_ids = {ids[i] for i in range(n) if not punct[i]}
+    upper_ids.update(t for ch in text if is_han(ch) for form in char_forms(ch) for t in same_ids.get(form, ()))
+    tone_code = decoder_tones()
+    return decode.LineSpec(
+        prompt=[tokenizer.cls_id, *ids, tokenizer.separator_id],  # tokenizer.encode_prompt(upper)
+        length=n,
+        forced=forced,
+        repeat_of=[i if punct[i] else pattern[i] for i in range(n)],
+        distinct=True,
+        banned_at=[-1 if punct[i] else ids[i] for i in range(n)],
+        banned=[] if allow_upper_chars else sorted(upper_ids),
+        final_pos=pattern[last],  # a repeated last character gets its tone where it first appears
+        final_rule=decode.END_LEVEL if require_level_ending and ends_oblique else decode.END_ANY,
+        rhythm=[tone_code[tone_of(ch)] if i in rhythm else decode.TONE_NONE for i, ch in enumerate(shown)],
+        seed=seed,
     )

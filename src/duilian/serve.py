@@ -281,6 +281,9 @@ class MicroBatcher:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        # The jobs waiting for the model, and the event that wakes the worker: made again for each loop it runs on
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._arrived = asyncio.Event()
 
     def _ensure_running(self) -> None:
         # The worker task lives on the loop that serves requests. Start it lazily so the app works
@@ -290,7 +293,7 @@ class MicroBatcher:
             self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="duilian-model")
         if self._loop is not loop or self._task is None or self._task.done():
             self._loop = loop
-            self._queue: collections.deque[_Job] = collections.deque()
+            self._queue = collections.deque()
             self._arrived = asyncio.Event()
             self._task = loop.create_task(self._worker(), name="duilian-batcher")
 

@@ -80,7 +80,8 @@ class Tokenizer:
         present in the corpus or not), then every character seen at least `min_count` times, most
         frequent first (ties by code point, so the same counts always give the same file)."""
         fixed = [*SPECIALS, SEPARATOR, *sorted(set(marks)), *MARKERS]
-        chars = sorted((ch for ch, n in counts.items() if n >= min_count and ch not in fixed), key=lambda ch: (-counts[ch], ch))
+        chars = sorted((ch for ch, n in counts.items() if n >= min_count and ch not in fixed),
+                       key=lambda ch: (-counts[ch], ch))
         return cls(tuple(fixed + chars))
 
     def save(self, path: str | Path) -> None:

@@ -1,12 +1,18 @@
 """The `duilian` command: one subcommand per stage. Each subcommand lives in its own module under
 duilian/cli/ with `register(parser)` (its flags) and `run(args) -> int` (the exit code); the work
 itself is done by the library modules, so everything the CLI does is also a Python call.
+
+A command whose flags mirror a config dataclass generates them from it (`add_config_flags`): the help text is in
+each field's metadata, so the flags and the config cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import sys
+import typing
 
 # name -> (module under duilian.cli, one-line help). The test suite checks this map is complete.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,14 +28,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, with the flags of `command` only (None: of all of them), so that `duilian
+    generate` imports neither the trainer nor the other commands' modules to read its own flags."""
     parser = argparse.ArgumentParser(prog="duilian", description="Chinese couplets (对联) with GPT-2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        # Import lazily so `duilian generate` does not pay for the trainer's imports.
         p.set_defaults(_module=module)
-        _module(module).register(p)
+        if command in (None, name):  # import lazily: `duilian generate` does not pay for the trainer's imports
+            _module(module).register(p)
     return parser
 
 
@@ -38,6 +46,40 @@ def _module(name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)  # the top level has no option but --help
+    args = build_parser(command).parse_args(argv)
     return int(_module(args._module).run(args) or 0)
 
+
+def add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
+    """One flag per field of the dataclass `config`: --name-with-dashes, its type from the annotation (a Literal's
+    values become the choices, a bool that is off by default is a bare --flag), required where the field has no
+    default, the help text from field.metadata["help"] with the default appended by argparse (%(default)r: the true
+    value, never a copy), and a group from metadata["group"], which the fields after it share."""
+    hints = typing.get_type_hints(config)
+    group: argparse._ActionsContainer = parser
+    for f in dataclasses.fields(config):
+        meta, kind = f.metadata, hints[f.name]
+        if "group" in meta:
+            group = parser.add_argument_group(meta["group"])
+        kw: dict = {"help": meta["help"], "dest": f.name}
+        if f.default is dataclasses.MISSING:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+            kw["help"] += " (default: %(default)r)"
+        if getattr(kind, "__origin__", None) is typing.Literal:
+            kw["choices"] = typing.get_args(kind)
+        elif kind is bool:  # --flag for what is off by default (Python 3.10's --no-flag would add its own default)
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        else:
+            kw["type"] = kind
+        if "metavar" in meta:
+            kw["metavar"] = meta["metavar"]
+        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def config_from_args(config: type, args: argparse.Namespace):
+    """The `config` dataclass that flags from add_config_flags ask for."""
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})

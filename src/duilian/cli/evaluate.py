@@ -26,7 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="上联 per decoding pass and pairs per scoring pass (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --method sample (default: 0)")
     parser.add_argument("--temperature", type=float, default=1.0, help="for --method sample (default: 1.0)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass for --method sample; 1 = off (default: 1.0)")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="nucleus mass for --method sample; 1 = off (default: 1.0)")
     parser.add_argument("--first", choices=("sample", "greedy", "beam"), default="sample",
                         help="--method sample: where the first (scored) candidate comes from; beam scores as a "
                              "width-5 beam search, like the API's default (default: sample)")

@@ -31,8 +31,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --device and --int8: which model, where, with which weights (see `model_kwargs`). Shared by
     generate, acrostic, evaluate and serve."""
-    parser.add_argument("--model", metavar="DIR", default=None,
-                        help="model directory: a `duilian export` or HuggingFace GPT-2 directory (default: the embedded model)")
+    parser.add_argument("--model", metavar="DIR_OR_HUB_ID", default=None,
+                        help="a `duilian export` or HuggingFace GPT-2 directory, or a Hugging Face Hub id such as "
+                             "uer/gpt2-chinese-couplet (downloaded into huggingface_hub's cache, read from it "
+                             "offline); default: the embedded model")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--int8", action="store_true",
                         help="decode with int8 weights: several times faster on a CPU, log-probs slightly off "
@@ -76,7 +78,8 @@ def decode_options(args: argparse.Namespace) -> dict:
     from ..api import HENGPI_OFFERED
 
     return {"method": args.method, "seed": args.seed, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "first": args.first, "script": args.script, "hengpi": HENGPI_OFFERED if args.hengpi else 0}
+            "top_p": args.top_p, "first": args.first, "script": args.script,
+            "hengpi": HENGPI_OFFERED if args.hengpi else 0}
 
 
 def write_svg(path: str, upper: str, lower: str, hengpi) -> None:

@@ -48,7 +48,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write (created if missing)")
     parser.add_argument(
         "--seq-len", type=int, default=64,
-        help="longest training line in tokens, [CLS] 上联 - 下联 [SEP] = 2*chars+3; longer pairs are rejected (default 64)",
+        help="longest training line in tokens, [CLS] 上联 - 下联 [SEP] = 2*chars+3; longer pairs are rejected "
+        "(default 64)",
     )
     parser.add_argument(
         "--val-fraction", type=float, default=0.01,

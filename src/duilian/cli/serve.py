@@ -9,7 +9,8 @@ from .generate import add_model_options, model_kwargs
 
 def register(parser: argparse.ArgumentParser) -> None:
     # where to listen
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     # which model: --model, --device, --int8
     add_model_options(parser)
@@ -21,7 +22,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-gap-ms", type=float, default=5.0,
                         help="close a batch early once no request has come for this many milliseconds (default 5)")
     parser.add_argument("--timeout-s", type=float, default=None,
-                        help="seconds a request may wait for its answer before a 504 (default: serve.REQUEST_TIMEOUT_S)")
+                        help="seconds a request may wait for its answer before a 504 "
+                             "(default: serve.REQUEST_TIMEOUT_S)")
     # connections
     parser.add_argument("--read-timeout-s", type=float, default=None,
                         help="seconds a client has to send a request's headers, and again its body, before a 408 "

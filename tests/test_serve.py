@@ -850,7 +850,8 @@ def test_the_abandonment_reproduction_decodes_only_the_good_request():
     acrostics = [done for kind, done in model.answered if kind == "acrostic"]
     assert len(acrostics) <= 2 and not any(acrostics), model.answered  # started at most, never finished
     assert [done for kind, done in model.answered if kind == "complete"] == [[True]]
-    assert took < 2, took
+    # 32 decodes would take ~30 s; the bound is loose so a loaded machine (CI, a browser test beside it) passes
+    assert took < 10, took
 
 
 def test_a_group_is_not_decoded_once_its_client_has_left(tiny):

@@ -231,7 +231,9 @@ class ComposeRequest(DecodeOptions):
 
     def decoder_kwargs(self) -> dict[str, Any]:
         # compose always offers 3 横批 and draws its lines by sampling: hengpi and first do not apply
-        return self.model_dump(exclude={"words", "length", "occasion", "year", "hengpi", "first"})
+        kwargs = self.model_dump(exclude={"words", "length", "occasion", "year", "hengpi", "first"})
+        kwargs["pos"] = True  # as for every answer (DecodeOptions.decoder_kwargs)
+        return kwargs
 
 
 class ServiceError(Exception):
@@ -550,6 +552,38 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
     app.state.couplets, app.state.batcher, app.state.config = couplets, batcher, config
     _add_error_handlers(app)
 
+    _add_decoding_routes(app, couplets, batcher, config)
+
+    @app.get("/healthz", summary="liveness, limits and batching counters")
+    async def healthz() -> dict:
+        return {
+            "status": "ok",
+            "max_chars": max_chars,
+            "max_n": MAX_N,
+            "max_batch": config.max_batch,
+            "queued": batcher.waiting,
+            "batches_run": batcher.batches_run,
+            "requests_run": batcher.requests_run,
+            "recent_batch_sizes": list(batcher.recent_sizes),
+        }
+
+    # HEAD is answered wherever GET is (link checkers, uptime probes): _Hardening turns it into a GET whose
+    # body it leaves out.
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_decoding_routes(app: FastAPI, couplets, batcher: "MicroBatcher", config: ServeConfig) -> None:
+    """POST /v1/couplets, /v1/acrostic and /v1/compose: each request is read, checked against the work limit,
+    queued in the micro-batcher and answered with its candidates, best first."""
     # The endpoints return a StrictJSONResponse themselves: FastAPI, given a dict, converts it in pydantic's
     # JSON mode first, which turns NaN into None (null) before any response class sees it.
     @app.post("/v1/couplets", response_class=StrictJSONResponse,
@@ -594,32 +628,6 @@ def create_app(couplets_or_model_dir=None, config: ServeConfig | None = None) ->
                                    client=_client_of(request))
         return StrictJSONResponse({"words": words, "occasion": req.occasion, "year": req.year,
                                    "couplets": encode(out)})
-
-    @app.get("/healthz", summary="liveness, limits and batching counters")
-    async def healthz() -> dict:
-        return {
-            "status": "ok",
-            "max_chars": max_chars,
-            "max_n": MAX_N,
-            "max_batch": config.max_batch,
-            "queued": batcher.waiting,
-            "batches_run": batcher.batches_run,
-            "requests_run": batcher.requests_run,
-            "recent_batch_sizes": list(batcher.recent_sizes),
-        }
-
-    # HEAD is answered wherever GET is (link checkers, uptime probes): _Hardening turns it into a GET whose
-    # body it leaves out.
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> FileResponse:
-        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html; charset=utf-8")
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 class _App(FastAPI):

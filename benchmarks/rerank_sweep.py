@@ -68,7 +68,8 @@ def main() -> None:
         for lam, mu, beta in grid:
             firsts = [max(cands, key=lambda x: x[1] + lam * x[2] + mu * x[3] - beta * x[4])[0] if cands else ""
                       for cands in base]
-            rows[(lam, mu, beta)] = {"bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)}, "distinct_2": distinct(firsts, 2),
+            rows[(lam, mu, beta)] = {"bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)},
+                         "distinct_2": distinct(firsts, 2),
                          "generic_top_share": genericness(firsts)["top_share"],
                          "generic_tail_share": genericness(firsts)["tail_share"],
                          "changed": sum(f != (p[0].text if p else "") for f, p in zip(firsts, plain)) / len(firsts)}
@@ -81,15 +82,16 @@ def main() -> None:
                                       for (lam, mu, beta), r in rows.items()]}
         print(f"\n{name}: {len(pairs)} pairs; default decoding {t_plain:.0f} s, reranked pool {t_pool:.0f} s "
               f"({t_pool / t_plain:.2f}x)")
-        print("| λ | μ (POS) | β (anti-LM) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | firsts among the 1% most frequent | "
-              "endings among the 1% most frequent | first changed |")
+        print("| λ | μ (POS) | β (anti-LM) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | "
+              "firsts among the 1% most frequent | endings among the 1% most frequent | first changed |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         p = results[name]["plain"]
-        print(f"| no rerank | | | {p['bleu'][1]:.2f} | {p['bleu'][2]:.2f} | {p['bleu'][4]:.2f} | {p['distinct_2']:.3f} | "
-              f"{p['generic_top_share']:.1%} | | |")
+        print(f"| no rerank | | | {p['bleu'][1]:.2f} | {p['bleu'][2]:.2f} | {p['bleu'][4]:.2f} | "
+              f"{p['distinct_2']:.3f} | {p['generic_top_share']:.1%} | | |")
         for (lam, mu, beta), r in rows.items():
-            print(f"| {lam:g} | {mu:g} | {beta:g} | {r['bleu'][1]:.2f} | {r['bleu'][2]:.2f} | {r['bleu'][4]:.2f} | {r['distinct_2']:.3f} | "
-                  f"{r['generic_top_share']:.1%} | {r['generic_tail_share']:.1%} | {r['changed']:.0%} |")
+            print(f"| {lam:g} | {mu:g} | {beta:g} | {r['bleu'][1]:.2f} | {r['bleu'][2]:.2f} | {r['bleu'][4]:.2f} | "
+                  f"{r['distinct_2']:.3f} | {r['generic_top_share']:.1%} | {r['generic_tail_share']:.1%} | "
+                  f"{r['changed']:.0%} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
 

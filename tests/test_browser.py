@@ -187,7 +187,8 @@ SVG_NS = "{http://www.w3.org/2000/svg}"
 def hung_columns(page) -> tuple[str, str]:
     """The characters drawn in the page's picture: (上联 column, 下联 column), each top to bottom."""
     page.locator("#picture svg g.lower text").first.wait_for()
-    return tuple("".join(page.locator(f"#picture svg g.{name} text").all_text_contents()) for name in ("upper", "lower"))
+    return tuple("".join(page.locator(f"#picture svg g.{name} text").all_text_contents())
+                 for name in ("upper", "lower"))
 
 
 def text_x(page, selector: str) -> list[float]:
@@ -303,8 +304,10 @@ def test_the_hengpi_the_api_offers_hangs_right_to_left(page, tmp_path):
     assert "".join(page.locator("#picture g.hengpi text").all_text_contents()) == "百年好合"
     xs = text_x(page, "#picture g.hengpi text")
     assert xs == sorted(xs, reverse=True)  # right to left
-    banner_bottom = page.eval_on_selector("#picture g.hengpi rect", "r => Number(r.getAttribute('y')) + Number(r.getAttribute('height'))")
-    assert banner_bottom <= min(page.eval_on_selector_all("#picture g.upper rect", "rs => rs.map((r) => Number(r.getAttribute('y')))"))
+    banner_bottom = page.eval_on_selector("#picture g.hengpi rect",
+                                          "r => Number(r.getAttribute('y')) + Number(r.getAttribute('height'))")
+    assert banner_bottom <= min(page.eval_on_selector_all("#picture g.upper rect",
+                                                          "rs => rs.map((r) => Number(r.getAttribute('y')))"))
     assert hung_columns(page) == ("合卺花开", "同心月满")
     # The character the model did not know is marked in the 上联, as text.
     unknown = page.locator("#results li.candidate").nth(0).locator(".upper-line .unknown")
@@ -333,7 +336,8 @@ def test_an_older_server_that_refuses_hengpi_is_asked_again_without_it(page):
         body = route.request.post_data_json
         sent.append(body)
         if "hengpi" in body:
-            route.fulfill(status=422, content_type="application/json", body=json.dumps({"error": "unknown option 'hengpi'"}))
+            route.fulfill(status=422, content_type="application/json",
+                          body=json.dumps({"error": "unknown option 'hengpi'"}))
         else:
             route.fulfill(status=200, content_type="application/json", body=json.dumps(answer, ensure_ascii=False))
 

@@ -242,7 +242,8 @@ def test_several_sources_are_named_filtered_and_split_each(tmp_path):
     meta = read_meta(tmp_path / "d")
     assert meta["info"]["heldout"]["sha256"] == hashlib.sha256(held.read_bytes()).hexdigest()
     assert set(meta["splits"]) == {"train", "val", "val.modern", "val.train"}
-    assert meta["splits"]["val"]["pairs"] == meta["splits"]["val.modern"]["pairs"] + meta["splits"]["val.train"]["pairs"]
+    assert meta["splits"]["val"]["pairs"] == (meta["splits"]["val.modern"]["pairs"]
+                                              + meta["splits"]["val.train"]["pairs"])
     val_text = (tmp_path / "d" / "val.train.tsv").read_text(encoding="utf-8").splitlines()
     assert len(val_text) == meta["splits"]["val.train"]["pairs"] and all(line.count("\t") == 1 for line in val_text)
     n = summary.train_pairs

@@ -70,7 +70,8 @@ def test_perplexity_by_hand():
     # Two lines of 3 and 1 tokens, each token with probability 1/2 -> perplexity 2.
     assert perplexity([3 * math.log(0.5), math.log(0.5)], [3, 1]) == pytest.approx(2.0)
     # It is a per-token mean over the corpus, not a mean of per-line perplexities.
-    assert perplexity([math.log(0.5), 3 * math.log(0.25)], [1, 3]) == pytest.approx(math.exp(-(math.log(0.5) + 3 * math.log(0.25)) / 4))
+    assert (perplexity([math.log(0.5), 3 * math.log(0.25)], [1, 3])
+            == pytest.approx(math.exp(-(math.log(0.5) + 3 * math.log(0.25)) / 4)))
     with pytest.raises(ValueError):
         perplexity([], [])
 
@@ -187,7 +188,8 @@ def test_render_markdown_table():
     assert "| fully valid form | 100.0% | 20.0% |" in md
     assert "| ends level when 上联 ends oblique | 100.0% | 66.7% |" in md
     assert "empty line × 1" in md
-    assert "| candidates per 上联 | 4.50 | — |" in md and "| distinct-2 among a 上联's candidates (mean) | 0.625 | — |" in md
+    assert ("| candidates per 上联 | 4.50 | — |" in md
+            and "| distinct-2 among a 上联's candidates (mean) | 0.625 | — |" in md)
 
 
 def test_write_report(tmp_path):
@@ -316,7 +318,8 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
 
     split = [("晚风摇树树还挺", "晨露润花花更红"), ("丹枫江冷人初去", "绿柳堤新燕复来"),
              ("一二三四五六七八九", "甲乙丙丁戊己庚辛壬"),  # 9 > max_chars
-             ("闲来野钓人稀处", "兴起高歌酒醉中"), ("龘来野钓人稀处", "兴起高歌酒醉中")]  # 龘: not in vocab, read as [UNK]
+             ("闲来野钓人稀处", "兴起高歌酒醉中"),
+             ("龘来野钓人稀处", "兴起高歌酒醉中")]  # 龘: not in vocab, read as [UNK]
     (tmp_path / "in.txt").write_text("".join(" ".join(u) + " \n" for u, _ in split), encoding="utf-8")
     (tmp_path / "out.txt").write_text("".join(" ".join(l) + " \n" for _, l in split), encoding="utf-8")
     fake = _FakeCouplets(dict(split))

@@ -8,13 +8,15 @@ import numpy as np
 from duilian import keywords
 from duilian.keywords import KW, MAX_KEYWORDS, Related, candidates, choose, keyword_head, keyword_lines
 
-PAIRS = [("春回大地千山秀", "福满人间万户欢"), ("海阔凭鱼跃", "天高任鸟飞"), ("一帆风顺年年好", "万事如意步步高"),
-         ("天增岁月人增寿", "春满乾坤福满门"), ("喜气盈门添富贵", "春风入户报平安"), ("花好月圆人长寿", "家和业兴福满门")] * 4
+PAIRS = [("春回大地千山秀", "福满人间万户欢"), ("海阔凭鱼跃", "天高任鸟飞"),
+         ("一帆风顺年年好", "万事如意步步高"), ("天增岁月人增寿", "春满乾坤福满门"),
+         ("喜气盈门添富贵", "春风入户报平安"), ("花好月圆人长寿", "家和业兴福满门")] * 4
 
 
 def test_candidates_are_theme_words_of_the_couplet():
     words = candidates("春回大地千山秀", "福满人间万户欢")
-    assert words and all(w in "春回大地千山秀福满人间万户欢" or set(w) <= set("春回大地千山秀，福满人间万户欢") for w in words)
+    assert words and all(w in "春回大地千山秀福满人间万户欢" or set(w) <= set("春回大地千山秀，福满人间万户欢")
+                         for w in words)
     assert not {"的", "了", "在"} & set(words)  # never a function word
 
 

@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from loopback import free_port, serving
 
 from duilian.decode import MAX_TEMPERATURE
 from duilian.serve import (
@@ -26,7 +27,6 @@ from duilian.serve import (
     create_app,
 )
 from duilian.text import CoupletInputError
-from loopback import free_port, serving
 
 
 # --- a real tiny random model, wrapped to record (and optionally hold or refuse) its calls ----------
@@ -48,7 +48,8 @@ class Recording:
 
     def __init__(self, couplets, gate: threading.Event | None = None, refuse: str | None = None):
         self.couplets, self.gate, self.refuse = couplets, gate, refuse
-        self.max_chars, self.tokenizer, self.clean, self.read = couplets.max_chars, couplets.tokenizer, couplets.clean, couplets.read
+        self.max_chars, self.tokenizer, self.clean, self.read = (couplets.max_chars, couplets.tokenizer,
+                                                                  couplets.clean, couplets.read)
         self.calls: list[tuple[list[str], dict]] = []
 
     def complete_batch(self, uppers, n=5, **options):
@@ -591,7 +592,8 @@ def test_int8_weights_from_the_config_answer_like_fp32(tmp_path):
     except ValueError as e:
         pytest.skip(str(e))
     build_model("tiny", seed=0).save_pretrained(tmp_path)
-    uppers = ["春风得意", "海阔凭鱼跃", "丹枫江冷人初去", "花开花落，春去春来", "秋月", "明月松间照", "青山不老", "绿水长流"]
+    uppers = ["春风得意", "海阔凭鱼跃", "丹枫江冷人初去", "花开花落，春去春来", "秋月", "明月松间照",
+              "青山不老", "绿水长流"]
     scores = {}  # weights -> {(上联, 下联): score}
     for quantize in (None, "int8"):
         app = create_app(str(tmp_path), ServeConfig(quantize=quantize, batch_wait_ms=1))
@@ -746,7 +748,8 @@ def test_unknown_characters_and_traditional_script(client):
     assert body["unknown"] == ["\u3400"] and body["script"] == "simplified"
     r = client.post("/v1/couplets", json={"upper": "風調雨順年年好", "n": 2, "seed": 1})
     assert r.status_code == 200 and r.json()["script"] == "traditional" and r.json()["unknown"] == []
-    simplified = client.post("/v1/couplets", json={"upper": "風調雨順年年好", "n": 2, "seed": 1, "script": "simplified"})
+    simplified = client.post("/v1/couplets",
+                             json={"upper": "風調雨順年年好", "n": 2, "seed": 1, "script": "simplified"})
     assert simplified.json()["script"] == "simplified"
     assert client.post("/v1/couplets", json={"upper": "春", "script": "kanji"}).status_code == 422
 

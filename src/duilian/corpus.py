@@ -165,7 +165,8 @@ def resolve_source(inputs: list[str], format: str = "auto") -> CorpusSource:
         return CorpusSource("parallel", tuple(paths))
     path = paths[0]
     if format == "parallel":
-        raise CorpusError(f"a parallel corpus needs in.txt and out.txt; give a directory or both paths, not just {path}")
+        raise CorpusError(f"a parallel corpus needs in.txt and out.txt; give a directory or both paths, "
+                          f"not just {path}")
     if format == "auto":
         format = _sniff_format(path)
     return CorpusSource(format, (path,))
@@ -181,7 +182,8 @@ class NamedSource:
     licence: str
 
 
-def resolve_sources(inputs: list[str], format: str = "auto", licences: dict[str, str] | None = None) -> list[NamedSource]:
+def resolve_sources(inputs: list[str], format: str = "auto",
+                    licences: dict[str, str] | None = None) -> list[NamedSource]:
     """The sources of `duilian prepare INPUT...`: each input is one source, `NAME=PATH` or a plain path
     (named after its directory or file stem), except that two plain paths named in.* and out.* are the two
     halves of one parallel corpus. A source's licence is `licences[name]`, else the "licence" of a
@@ -228,7 +230,8 @@ def _find_in_dir(directory: Path, name: str) -> Path:
 def _sniff_format(path: Path) -> str:
     """tsv if the first non-blank line has a tab, uer if it has a '-'."""
     if path.name.split(".")[0] in ("in", "out"):
-        raise CorpusError(f"{path} looks like one half of a parallel corpus; give the directory or both in.txt and out.txt")
+        raise CorpusError(f"{path} looks like one half of a parallel corpus; give the directory or both in.txt "
+                          "and out.txt")
     with open_text(path) as f:
         for line in f:
             if line.strip():
@@ -300,8 +303,8 @@ _PLACEMENT_RE = re.compile(f"^{_PUNCT_CLASS}|{_PUNCT_CLASS}{{2}}")
 def _disallowed_re(vocab: str = "bert") -> re.Pattern:
     """A regex that finds any character a kept pair may not hold.
 
-    Allowed is Han or a couplet mark, unchanged by NFC, and with vocab="bert" in the BERT vocabulary. A line made only of
-    allowed characters and white space is therefore already normal apart from its spaces, which is
+    Allowed is Han or a couplet mark, unchanged by NFC, and with vocab="bert" in the BERT vocabulary. A line made only
+    of allowed characters and white space is therefore already normal apart from its spaces, which is
     what lets `clean_pair` skip the slower general `normalize` for almost every corpus line. A regex
     character class scans a line in C, several times faster than a set test per character.
     """
@@ -322,7 +325,8 @@ def _disallowed_re(vocab: str = "bert") -> re.Pattern:
     return re.compile(f"[^{body}]")
 
 
-def clean_pair(upper: str, lower: str, seq_len: int = 64, vocab: str = "bert") -> tuple[tuple[str, str] | None, str | None]:
+def clean_pair(upper: str, lower: str, seq_len: int = 64,
+               vocab: str = "bert") -> tuple[tuple[str, str] | None, str | None]:
     """Normalise a raw pair and check it: ((上联, 下联), None) to keep, or (None, REJECT_*) to skip.
 
     The lines come back as duilian.text.normalize makes them (no spaces, full-width marks, NFC).
@@ -505,7 +509,8 @@ def split_validation(
     train = [p for p, v in zip(pairs, in_val) if not v]
     val = [p for p, v in zip(pairs, in_val) if v]
     if not train:
-        raise CorpusError(f"{len(pairs)} pairs are too few to split off a validation set; give --val or --val-fraction 0")
+        raise CorpusError(f"{len(pairs)} pairs are too few to split off a validation set; give --val or "
+                          "--val-fraction 0")
     return train, val
 
 
@@ -539,7 +544,8 @@ class PrepareSummary:
             "sources": [st.to_dict() for st in self.sources],
             "val_corpus": None if self.val_corpus is None else self.val_corpus.to_dict(),
             "seq_len": self.seq_len,
-            "val_split": "separate corpus" if self.val_corpus is not None else {"fraction": self.val_fraction, "seed": self.seed},
+            "val_split": ("separate corpus" if self.val_corpus is not None
+                          else {"fraction": self.val_fraction, "seed": self.seed}),
             "heldout": self.heldout,
             "train_pairs": self.train_pairs,
             "val_pairs": self.val_pairs,
@@ -554,7 +560,8 @@ class PrepareSummary:
         for title, stats in named:
             if stats is None:
                 continue
-            out.append(f"{title} ({stats.format}: {', '.join(stats.inputs)}): {stats.lines:,} lines, {stats.kept:,} pairs kept")
+            out.append(f"{title} ({stats.format}: {', '.join(stats.inputs)}): {stats.lines:,} lines, "
+                       f"{stats.kept:,} pairs kept")
             for reason in (*REASONS, "duplicate"):
                 n = stats.duplicates if reason == "duplicate" else stats.rejected[reason]
                 if n:
@@ -563,11 +570,14 @@ class PrepareSummary:
             if self.heldout is not None and stats is not self.val_corpus:
                 out.append(f"  {'held out':<22} {stats.heldout:>8,}   (上联 or 下联 on {self.heldout['path']})")
             if stats.overlap:
-                out.append(f"  {'overlap':<22} {stats.overlap:>8,}   (in an earlier source, or 上联 in the val corpus)")
+                out.append(f"  {'overlap':<22} {stats.overlap:>8,}   "
+                           "(in an earlier source, or 上联 in the val corpus)")
             if stats is not self.val_corpus:
                 out.append(f"  -> {stats.train_pairs:,} train, {stats.val_pairs:,} val pairs")
-        split = "from the val corpus" if self.val_corpus is not None else f"split off {self.val_fraction:g} (seed {self.seed})"
-        out.append(f"dataset: {self.train_pairs:,} train pairs, {self.val_pairs:,} val pairs ({split}); seq_len {self.seq_len}")
+        split = ("from the val corpus" if self.val_corpus is not None
+                 else f"split off {self.val_fraction:g} (seed {self.seed})")
+        out.append(f"dataset: {self.train_pairs:,} train pairs, {self.val_pairs:,} val pairs ({split}); "
+                   f"seq_len {self.seq_len}")
         lines = self.lines
         if lines.get("backward") or lines.get("keywords"):
             out.append(f"training lines: {lines['forward']:,} forward, {lines['backward']:,} backward, "

@@ -28,7 +28,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .corpus import read_pairs as read_corpus, resolve_source
+from .corpus import read_pairs as read_corpus
+from .corpus import resolve_source
 from .rules import check_pair
 from .script import to_simplified
 from .text import CoupletInputError, clean_upper, normalize

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import concurrent.futures
+import contextlib
 import inspect
 import ipaddress
 import json
@@ -153,7 +153,8 @@ class ServeConfig:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.batch_wait_ms < 0 or self.batch_gap_ms < 0:
-            raise ValueError(f"batch_wait_ms and batch_gap_ms must be >= 0, got {self.batch_wait_ms}, {self.batch_gap_ms}")
+            raise ValueError(f"batch_wait_ms and batch_gap_ms must be >= 0, got {self.batch_wait_ms}, "
+                             f"{self.batch_gap_ms}")
         if self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.max_queue < 1:

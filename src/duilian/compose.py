@@ -15,7 +15,7 @@ to continue such a prompt:
     3) 下联: for each 上联, the best of a few, under every rule of the 下联 (api.lower_spec), its prompt the
        keywords + the 上联 + '-', so that it too is written about the theme;
     4) ranking: the mean of the two lines' scores, plus THEME_WEIGHT × the share of theme words the couplet
-       carries (the word itself or a close relative, `carries`), best first; with an occasion, the best couplet
+       carries (the word itself or a close relative, `carries`; the user's own words count double), best first; with an occasion, the best couplet
        of each theme set comes before the rest, so the answers are about different sides of it;
     5) 横批: three per couplet (duilian.hengpi), with the occasion's and the year's banners favoured.
 
@@ -49,8 +49,10 @@ RELATIVE = 0.55
 have at least this cosine: 春 ~ 岁 0.57, 花 0.58, 福 0.57; 春 ~ 秋 0.34, 山 0.29; 婚 ~ 姻 0.82."""
 LOWERS_PER_UPPER = 3
 """下联 written per 上联; the best is kept."""
-UPPERS_PER_RESULT = 2
-"""上联 sampled per couplet asked for: the ranking then has a choice."""
+UPPERS_PER_RESULT = 3
+"""上联 sampled per couplet asked for: the ranking then has a choice. On benchmarks/bench_compose.py (30 requests,
+the `fwd` model) 2, with every theme word counted alike, carried the given words in 61% of the couplets; 3, with
+the user's words counted double, in 63%. The server's work limit counts them (serve.COMPOSE_WORK)."""
 
 
 @dataclass
@@ -179,7 +181,9 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
         low = lows[0]
         lower = c.tokenizer.decode(low.tokens)
         carried = tuple(w for w in sets[k] if carries(w, upper + lower))
-        score = (up.score + low.score) / 2 + THEME_WEIGHT * len(carried) / len(sets[k])
+        # the user's own words count double: an occasion's word is a suggestion, the user's are the request
+        own = sum(w in carried for w in words)
+        score = (up.score + low.score) / 2 + THEME_WEIGHT * (len(carried) + own) / (len(sets[k]) + len(words))
         found.setdefault((upper, lower), ComposedCouplet(upper, lower, score, check_pair(upper, lower),
                                                          tuple(sets[k]), carried))
     # the best couplet of each theme set first (so an occasion's five answers are about five of its words), then

@@ -234,3 +234,17 @@ def test_acrostic_position(model_dir, capsys):
     assert main(["acrostic", "伟娜", "--position", "3", "-n", "2", "--model", model_dir, "--json", "--seed", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["couplets"] and all(c["upper"][2] == "伟" and c["lower"][2] == "娜" for c in out["couplets"])
+
+
+def test_generate_ranking_weights_reach_the_ranking(model_dir, capsys):
+    """--lm-weight turns the anti-LM term on (each candidate carries its prior, and its score includes
+    -β × prior); 0 leaves it off; a weight out of range is a clear error, exit 2."""
+    base = ["generate", "海阔凭鱼跃", "--model", model_dir, "-n", "3", "--seed", "1", "--json"]
+    assert main([*base, "--lm-weight", "0"]) == 0
+    assert all(c["prior"] is None for c in json.loads(capsys.readouterr().out)["candidates"])
+    assert main([*base, "--lm-weight", "0.5"]) == 0
+    cands = json.loads(capsys.readouterr().out)["candidates"]
+    assert cands and all(isinstance(c["prior"], float) for c in cands)
+    assert [c["score"] for c in cands] == sorted((c["score"] for c in cands), reverse=True)
+    assert main([*base, "--lm-weight", "-1"]) == 2
+    assert "lm_weight" in capsys.readouterr().err

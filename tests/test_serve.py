@@ -1091,3 +1091,17 @@ def test_cli_flags_for_the_per_client_limits(capsys):
     assert serve_cli.run(parser.parse_args(["--trusted-proxy", "nginx"])) == 2
     assert "'nginx' is not an IP address" in capsys.readouterr().err
     assert serve_cli.run(parser.parse_args(["--max-queue-per-client", "0"])) == 2
+
+
+def test_ranking_weights_are_options_of_a_couplet_request(client):
+    """lm_weight / reverse_weight reach the decoder as given (null: the model's default), and a weight out of
+    range is a 422 with the field named."""
+    r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "n": 2, "seed": 1, "lm_weight": 0.5})
+    assert r.status_code == 200, r.text
+    assert all(isinstance(c["prior"], float) for c in r.json()["candidates"])
+    r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "n": 2, "seed": 1})
+    assert all(c["prior"] is None for c in r.json()["candidates"])  # the tiny model's default: off
+    for bad in (-0.1, 99, "0.5"):
+        r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "lm_weight": bad})
+        assert r.status_code == 422 and "lm_weight" in r.text, r.text
+    assert client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "reverse_weight": -1}).status_code == 422

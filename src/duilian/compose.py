@@ -15,8 +15,9 @@ to continue such a prompt:
     3) 下联: for each 上联, the best of a few, under every rule of the 下联 (api.lower_spec), its prompt the
        keywords + the 上联 + '-', so that it too is written about the theme;
     4) ranking: the mean of the two lines' scores, plus THEME_WEIGHT × the share of theme words the couplet
-       carries (the word itself or a close relative, `carries`; the user's own words count double), best first; with an occasion, the best couplet
-       of each theme set comes before the rest, so the answers are about different sides of it;
+       carries (the word itself or a close relative, `carries`; the user's own words count double), best first;
+       with an occasion, the best couplet of each theme set comes before the rest, so the answers are about
+       different sides of it;
     5) 横批: three per couplet (duilian.hengpi), with the occasion's and the year's banners favoured.
 
 A model trained without keyword lines cannot do this (it would read [KW] as noise): `compose` refuses it.

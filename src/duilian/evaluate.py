@@ -77,6 +77,10 @@ class EvalConfig:
     Sample by default, so that `--method sample` scores sampling; the API's default, beam, scores as beam 5."""
     allow_upper_chars: bool = False
     """Let the 下联 reuse 上联 characters (at other positions); used for decoding and for the form checks."""
+    lm_weight: float | None = None
+    """β of the anti-LM ranking term (api.Options.lm_weight); None: the model's own default."""
+    reverse_weight: float | None = None
+    """λ of the noisy-channel ranking term (api.Options.reverse_weight); None: the model's own default."""
     device: str = "cpu"
     """Torch device for the model."""
     quantize: str | None = None
@@ -205,7 +209,8 @@ VARIETY_OVER = 5
 """How many of a 上联's candidates its variety (distinct-2 among them) is measured over: the 5 a user sees."""
 
 def _decode_options(config: EvalConfig) -> dict:
-    common = {"allow_upper_chars": config.allow_upper_chars}
+    common = {"allow_upper_chars": config.allow_upper_chars, "lm_weight": config.lm_weight,
+              "reverse_weight": config.reverse_weight}
     if config.method == "beam":
         return {"method": "beam", **common}
     if config.method == "greedy":

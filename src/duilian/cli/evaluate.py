@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .generate import add_model_options, model_kwargs
+from .generate import add_model_options, add_ranking_options, model_kwargs
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "width-5 beam search, like the API's default (default: sample)")
     parser.add_argument("--allow-upper-chars", action="store_true",
                         help="let the 下联 reuse 上联 characters at other positions (decoding and form checks)")
+    add_ranking_options(parser)
     # which model: --model, --device, --int8
     add_model_options(parser)
     # output
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = EvalConfig(limit=args.limit, n=args.n, method=args.method, batch_size=args.batch_size,
                             seed=args.seed, temperature=args.temperature, top_p=args.top_p, first=args.first,
-                            allow_upper_chars=args.allow_upper_chars, **model_kwargs(args))
+                            allow_upper_chars=args.allow_upper_chars, lm_weight=args.lm_weight,
+                            reverse_weight=args.reverse_weight, **model_kwargs(args))
         report = evaluate(args.model, args.test, config, progress=not args.quiet)
     # Bad settings and corpus errors are ValueErrors; a missing file is an OSError, a broken .gz an
     # OSError or EOFError, a broken .xz an LZMAError (as in `duilian prepare`).

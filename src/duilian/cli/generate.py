@@ -22,10 +22,21 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_json_option(parser)
     add_decode_options(parser)
+    add_ranking_options(parser)
     parser.add_argument("--allow-upper-chars", action="store_true",
                         help="let the 下联 use the 上联's characters (never at the same position)")
     parser.add_argument("--free-ending", action="store_true",
                         help="do not require a 平 ending when the 上联 ends 仄")
+
+
+def add_ranking_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lm-weight", type=float, default=None, metavar="BETA",
+                        help="anti-LM weight β: rank by score - β x the 下联's log-prob read with no 上联, so a line "
+                             "likely whatever the 上联 (万象新) counts less; 0 = off (default: the model's own, "
+                             "config.json)")
+    parser.add_argument("--reverse-weight", type=float, default=None, metavar="LAMBDA",
+                        help="noisy-channel weight λ: rank by score + λ x log P(上联 | 下联), for a model trained "
+                             "with --directions both; 0 = off (default: the model's own)")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         c = load(args)
         options = {**decode_options(args), "allow_upper_chars": args.allow_upper_chars,
+                   "lm_weight": args.lm_weight, "reverse_weight": args.reverse_weight,
                    "require_level_ending": not args.free_ending}
         if args.input:
             return _run_file(c, args, options)

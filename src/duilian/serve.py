@@ -55,6 +55,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import compose, themes
 from .api import ACROSTIC_LOWERS, HENGPI_OFFERED, MAX_REVERSE_WEIGHT
 from .decode import GREEDY_BELOW, MAX_TEMPERATURE  # the decoder's own temperature range: one source of truth
+from .knobs import knob
 from .text import MAX_CHARS, CoupletInputError, is_han, normalize
 
 # --- limits -----------------------------------------------------------------------------------------
@@ -114,40 +115,34 @@ SECURITY_HEADERS = [
 class ServeConfig:
     """How `duilian serve` runs. Limits that are part of the API contract are module constants above."""
 
-    host: str = "127.0.0.1"
-    """Interface to listen on; loopback by default so nothing is exposed by accident."""
-    port: int = 8000
-    """TCP port."""
-    max_batch: int = 32
-    """Most requests decoded in one `complete_batch` call (each holds `n` rows). 1 turns batching off."""
-    batch_wait_ms: float = 50.0
-    """Longest a batch gathers requests, in milliseconds, once its first has arrived. 0: take what is queued."""
-    batch_gap_ms: float = 5.0
-    """A batch closes early when no request has arrived for this many milliseconds (a lone request waits
-    only this long)."""
-    request_timeout_s: float = REQUEST_TIMEOUT_S
-    """Seconds a request may wait for its answer, queueing included, before a 504."""
-    max_queue: int = MAX_QUEUE
-    """Requests that may wait for the model at once; more get a 503."""
-    read_timeout_s: float = READ_TIMEOUT_S
-    """Seconds a client has to send a request's headers, and then again its body, before a 408 and a closed
-    connection (a slow or stalled client would otherwise hold its connection for ever)."""
-    max_connections: int = MAX_CONNECTIONS
-    """Connections open at once; a connection beyond them gets a 503 and is closed."""
-    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT
-    """Connections open at once from one client address (IPv6: one /64); more get a 503 and are closed."""
-    max_queue_per_client: int = MAX_QUEUE_PER_CLIENT
-    """Requests one client may have waiting for an answer; more get a 503."""
-    trusted_proxies: tuple[str, ...] = ()
-    """Addresses or networks (CIDR) of reverse proxies in front of the server. A request through one is counted
-    against the client its X-Forwarded-For names (uvicorn's proxy_headers), and the proxy's own connections are
-    not capped per client. Empty (the default): every limit reads the address the server sees, and
-    X-Forwarded-For is ignored (anyone could send one)."""
-    device: str = "cpu"
-    """torch device for the model when `create_app` loads it from a directory."""
-    quantize: str | None = None
-    """Weights the decoder runs with when `create_app` loads the model: None (the model's own) or "int8"
-    (CPU only; see `duilian.load`)."""
+    host: str = knob("interface to listen on; loopback by default, so that nothing is exposed by accident",
+                     "127.0.0.1")
+    port: int = knob("TCP port", 8000)
+    max_batch: int = knob("most requests decoded together in one complete_batch call (each holds n rows); 1 turns "
+                          "batching off", 32, group="batching")
+    batch_wait_ms: float = knob("longest a batch gathers requests once its first has arrived, in milliseconds; 0: "
+                                "only what is queued", 50.0)
+    batch_gap_ms: float = knob("close a batch early once no request has come for this many milliseconds (a lone "
+                               "request waits only this long)", 5.0)
+    request_timeout_s: float = knob("seconds a request may wait for its answer, queueing included, before a 504",
+                                    REQUEST_TIMEOUT_S, group="limits", flag="--timeout-s")
+    max_queue: int = knob("requests that may wait for the model at once; more get a 503", MAX_QUEUE)
+    read_timeout_s: float = knob("seconds a client has to send a request's headers, and again its body, before a "
+                                 "408 and a closed connection (a stalled client would hold it for ever)",
+                                 READ_TIMEOUT_S)
+    max_connections: int = knob("connections open at once; more get a 503 and are closed", MAX_CONNECTIONS)
+    max_connections_per_client: int = knob("connections open at once from one client address (IPv6: one /64); more "
+                                           "get a 503 and are closed", MAX_CONNECTIONS_PER_CLIENT, group="per client")
+    max_queue_per_client: int = knob("requests one client may have waiting for an answer; more get a 503",
+                                     MAX_QUEUE_PER_CLIENT)
+    # Through a trusted proxy the proxy's own connections are not capped per client (uvicorn's proxy_headers).
+    trusted_proxies: tuple[str, ...] = knob(
+        "a reverse proxy's IP address or network (CIDR) whose X-Forwarded-For names the client the limits count "
+        "against; repeat for several; none: every limit reads the address the server sees and the header is "
+        "ignored (anyone could send one)", (), metavar="ADDRESS", flag="--trusted-proxy")
+    device: str = knob("torch device for the model when create_app loads it from a directory", "cpu")
+    quantize: str | None = knob("weights the decoder runs with when create_app loads the model: None (the model's "
+                                "own) or \"int8\" (CPU only; see duilian.load)", None)
 
     def __post_init__(self):
         if self.max_batch < 1:

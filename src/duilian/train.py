@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Callable, Literal, get_args, get_type_hints
@@ -51,6 +51,7 @@ from .dataset import (
     v5_prompt_lines,
 )
 from .gpt import GPT
+from .knobs import knob
 from .model import PRESETS, Preset, build_model, count_parameters, init_from_model_dir
 from .text import is_han
 from .tokenizer import Tokenizer, default_tokenizer
@@ -66,13 +67,6 @@ _RESUME_MUST_MATCH = (
 
 
 # --- configuration ------------------------------------------------------------------------------------------------
-def knob(help: str, default=MISSING, group: str | None = None, metavar: str | None = None):
-    """A config field with its help text (the flag's, in `duilian train --help`, which adds the default), and the
-    flag group it starts (the fields after it belong to it too)."""
-    meta = {"help": help} | ({"group": group} if group else {}) | ({"metavar": metavar} if metavar else {})
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class TrainConfig:
     """Everything `duilian train` does. Defaults are the seed's (uer/gpt2-chinese-couplet)."""

@@ -12,7 +12,9 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import types
 import typing
+from collections.abc import Collection
 
 # name -> (module under duilian.cli, one-line help). The test suite checks this map is complete.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,34 +54,54 @@ def main(argv: list[str] | None = None) -> int:
     return int(_module(args._module).run(args) or 0)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
-    """One flag per field of the dataclass `config`: --name-with-dashes, its type from the annotation (a Literal's
-    values become the choices, a bool that is off by default is a bare --flag), required where the field has no
+def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: Collection[str] = ()) -> None:
+    """One flag per field of the dataclass `config`: --name-with-dashes (or metadata["flag"], a name users already
+    know), its type from the annotation (a Literal's values become the choices, a bool that is off by default is a
+    bare --flag, `X | None` takes an X, `tuple[X, ...]` is a flag given once per X), required where the field has no
     default, the help text from field.metadata["help"] with the default appended by argparse (%(default)r: the true
-    value, never a copy), and a group from metadata["group"], which the fields after it share."""
+    value, never a copy), the metavar from metadata["metavar"], and a group from metadata["group"], which the fields
+    after it share. The fields in `skip` get no flag: the command sets them from other options (config_from_args)."""
     hints = typing.get_type_hints(config)
     group: argparse._ActionsContainer = parser
     for f in dataclasses.fields(config):
         meta, kind = f.metadata, hints[f.name]
         if "group" in meta:
             group = parser.add_argument_group(meta["group"])
+        if f.name in skip:
+            continue
         kw: dict = {"help": meta["help"], "dest": f.name}
         if f.default is dataclasses.MISSING:
             kw["required"] = True
         else:
             kw["default"] = f.default
             kw["help"] += " (default: %(default)r)"
-        if getattr(kind, "__origin__", None) is typing.Literal:
-            kw["choices"] = typing.get_args(kind)
-        elif kind is bool:  # --flag for what is off by default (Python 3.10's --no-flag would add its own default)
-            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
-        else:
-            kw["type"] = kind
+        kw |= _flag_type(kind, f.default)
         if "metavar" in meta:
             kw["metavar"] = meta["metavar"]
-        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+        group.add_argument(meta.get("flag", "--" + f.name.replace("_", "-")), **kw)
 
 
-def config_from_args(config: type, args: argparse.Namespace):
-    """The `config` dataclass that flags from add_config_flags ask for."""
-    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config)})
+def _flag_type(kind, default) -> dict:
+    """add_argument's keywords for a field annotated `kind`."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return {"choices": args}
+    if kind is bool:  # --flag for what is off by default (Python 3.10's --no-flag would add its own default)
+        return {"action": argparse.BooleanOptionalAction if default else "store_true"}
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:  # X | None
+        return {"type": next(a for a in args if a is not type(None))}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: repeat the flag
+        return {"type": args[0], "action": _AppendToTuple}
+    return {"type": kind}
+
+
+class _AppendToTuple(argparse.Action):
+    """Each use of the flag adds its value to the tuple (argparse's "append" would append to the default itself)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, (*(getattr(namespace, self.dest, None) or ()), values))
+
+
+def config_from_args(config: type, args: argparse.Namespace, **given):
+    """The `config` dataclass that flags from add_config_flags ask for; `given` holds the fields they skipped."""
+    return config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.name not in given}, **given)

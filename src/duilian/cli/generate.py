@@ -46,7 +46,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="a `duilian export` or HuggingFace GPT-2 directory, or a Hugging Face Hub id such as "
                              "uer/gpt2-chinese-couplet (downloaded into huggingface_hub's cache, read from it "
                              "offline); default: the embedded model")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)r)")
     parser.add_argument("--int8", action="store_true",
                         help="decode with int8 weights: several times faster on a CPU, log-probs slightly off "
                              "(CPU only; default: the model's own fp32 weights)")

@@ -27,14 +27,18 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from .corpus import read_pairs as read_corpus
 from .corpus import resolve_source
+from .knobs import knob
 from .rules import check_pair
 from .script import to_simplified
 from .text import CoupletInputError, clean_upper, normalize
 
-METHODS = ("beam", "sample", "greedy")
+Method = Literal["beam", "sample", "greedy"]
+METHODS: tuple[str, ...] = get_args(Method)
+First = Literal["sample", "greedy", "beam"]  # decode.Search.first
 BLEU_ORDERS = (1, 2, 4)
 N_EXAMPLES = 10  # (上联, reference, ours) triples kept in report.json and report.md
 
@@ -57,34 +61,29 @@ DEFINITIONS = {
 class EvalConfig:
     """How to evaluate. The decoding options are passed to Couplets.complete_batch unchanged."""
 
-    limit: int | None = None
-    """Evaluate only the first `limit` pairs of the test split (None: all)."""
-    n: int = 1
-    """Candidates decoded per 上联; the top one is the hypothesis. For beam search n is also the beam width
-    (so n=1 is greedy with the decoder's rule bonus); greedy decoding always writes one."""
-    method: str = "beam"
-    """'beam', 'sample', or 'greedy' (the decoder's temperature-0 sampling: the most likely allowed token)."""
-    batch_size: int = 32
-    """上联 per decoding pass and pairs per perplexity forward pass."""
-    seed: int = 0
-    """Seed for method='sample', so that a report can be reproduced."""
-    temperature: float = 1.0
-    """Sampling temperature for method='sample'."""
-    top_p: float = 1.0
-    """Nucleus sampling mass for method='sample' (1 = off)."""
-    first: str = "sample"
-    """method='sample': where the first candidate comes from (decode.Search.first: sample, greedy or beam).
-    Sample by default, so that `--method sample` scores sampling; the API's default, beam, scores as beam 5."""
-    allow_upper_chars: bool = False
-    """Let the 下联 reuse 上联 characters (at other positions); used for decoding and for the form checks."""
-    lm_weight: float | None = None
-    """β of the anti-LM ranking term (api.Options.lm_weight); None: the model's own default."""
-    reverse_weight: float | None = None
-    """λ of the noisy-channel ranking term (api.Options.reverse_weight); None: the model's own default."""
-    device: str = "cpu"
-    """Torch device for the model."""
-    quantize: str | None = None
-    """Weights the decoder runs with: None (the model's own) or "int8" (CPU only; see `duilian.load`)."""
+    limit: int | None = knob("evaluate only the first N pairs of the test split; None: all", None, metavar="N")
+    n: int = knob("candidates decoded per 上联, the top one is scored; for beam also the beam width (so 1 is greedy "
+                  "with the decoder's rule bonus); greedy always writes one", 1, group="decoding")
+    method: Method = knob("decoding method; greedy = the decoder's temperature-0 sampling (the likeliest allowed "
+                          "token)", "beam")
+    batch_size: int = knob("上联 per decoding pass and pairs per perplexity pass", 32, metavar="B")
+    seed: int = knob("seed for --method sample, so that a report can be reproduced", 0)
+    temperature: float = knob("sampling temperature for --method sample", 1.0)
+    top_p: float = knob("nucleus sampling mass for --method sample; 1 = off", 1.0)
+    first: First = knob("--method sample: where the first (scored) candidate comes from (decode.Search.first); "
+                        "sample scores sampling, beam scores as a width-5 beam search, like the API's default",
+                        "sample")
+    allow_upper_chars: bool = knob("let the 下联 reuse 上联 characters at other positions (decoding and form checks)",
+                                   False)
+    lm_weight: float | None = knob("anti-LM weight β (api.Options.lm_weight): rank by score - β x the 下联's log-prob "
+                                   "read with no 上联; 0 = off; None: the model's own (config.json)", None,
+                                   metavar="BETA")
+    reverse_weight: float | None = knob("noisy-channel weight λ (api.Options.reverse_weight): rank by score + λ x "
+                                        "log P(上联 | 下联), for a model trained with --directions both; 0 = off; "
+                                        "None: the model's own", None, metavar="LAMBDA")
+    device: str = knob("torch device for the model", "cpu")
+    quantize: str | None = knob("weights the decoder runs with: None (the model's own) or \"int8\" (CPU only; see "
+                                "duilian.load)", None)
 
     def __post_init__(self):
         if self.method not in METHODS:

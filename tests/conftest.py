@@ -95,3 +95,19 @@ def global_state_is_left_alone():
     changed = _changes("after this test")
     if changed:
         pytest.fail("global state changed: " + "; ".join(changed), pytrace=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `int8` need torch's x86/fbgemm/onednn quantized engine: skipped, with the reason, where torch
+    has none (one check here instead of a helper in each test file)."""
+    from duilian import gpt
+
+    try:
+        gpt.check_int8_engine()
+        return
+    except ValueError:
+        pass
+    skip = pytest.mark.skip(reason="torch has no x86/fbgemm/onednn quantized engine")
+    for item in items:
+        if "int8" in item.keywords:
+            item.add_marker(skip)

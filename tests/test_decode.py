@@ -56,18 +56,7 @@ def random_uppers(count, seed=0):
 
 
 # --- int8 weights -----------------------------------------------------------------------------------------------
-def _has_int8_kernel():
-    try:
-        gpt.check_int8_engine()
-        return True
-    except ValueError:
-        return False
-
-
-needs_int8 = pytest.mark.skipif(not _has_int8_kernel(), reason="torch has no x86/fbgemm/onednn quantized engine")
-
-
-@needs_int8
+@pytest.mark.int8
 @pytest.mark.parametrize("method", ["sample", "beam"])
 def test_int8_candidates_are_right_in_form(model, method):
     c = Couplets(model, quantize="int8")

@@ -165,15 +165,6 @@ def test_unknown_weight_format_is_refused(model, vocab):
 
 
 # --- int8 weights -------------------------------------------------------------------------------------------------
-def _has_int8_kernel():
-    try:
-        gpt.check_int8_engine()
-        return True
-    except ValueError:
-        return False
-
-
-needs_int8 = pytest.mark.skipif(not _has_int8_kernel(), reason="torch has no x86/fbgemm/onednn quantized engine")
 
 
 # fbgemm's int8 kernels differ by CPU: AVX-512 VNNI adds u8 x s8 products in 32 bits, AVX2 and plain AVX-512
@@ -219,7 +210,7 @@ def _int8_errors(isa: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@needs_int8
+@pytest.mark.int8
 @pytest.mark.parametrize("isa", ISAS)
 def test_int8_is_close_to_fp32_on_every_isa(isa):
     got = _int8_errors(isa)
@@ -244,7 +235,7 @@ def test_int8_range_follows_fbgemm_override(monkeypatch):
     assert gpt.int8_full_range() is False
 
 
-@needs_int8
+@pytest.mark.int8
 def test_int8_decoding_shares_everything_but_the_matmuls(model, vocab):
     net = model.for_decoding(vocab.ids, quantize="int8")
     assert net.quantize == "int8" and isinstance(net.transformer.h[0].mlp.c_fc, gpt.Int8Linear)

@@ -242,3 +242,17 @@ def test_a_banner_never_repeats_a_run_of_its_own_couplet(upper, lower, copied):
     got = [h.text for h in hengpi.suggest(upper, lower, k=10)]
     assert len(got) == 10 and copied not in got
     assert all(sorted(h) != sorted(copied) for h in got)  # nor its characters in another order
+
+
+def test_a_favoured_banner_the_pool_lacks_still_stays_out_when_the_couplet_holds_it():
+    """金猪纳福 (a year of the pig's pun) is not in the phrase pool: favoured, it joins the pool, unless the couplet
+    already says it (in its order or another), like any banner."""
+    pool = hengpi.load_pool()
+    assert "金猪纳福" not in set(pool.texts.tolist())
+
+    def offered(upper, favour):
+        return [h.text for h in hengpi.suggest(upper, "五福临门喜气多", 50, favour=[favour])]
+
+    assert "金猪纳福" in offered("金猪拱户春光好", "金猪纳福")
+    assert "金猪纳福" not in offered("金猪纳福春光好", "金猪纳福")
+    assert "福纳猪金" not in offered("金猪纳福春光好", "福纳猪金")

@@ -250,30 +250,29 @@ def suggest(upper: str, lower: str, k: int = 3, embeddings: "torch.Tensor | None
     pool = load_pool()
     rows = pool.char_rows(text)
     couplet = _unit(pool.char_weights[rows] @ pool.char_vectors[rows])  # (d,)
+    runs = _run_keys(upper, lower)
     scores = pool.prior + pool.vectors @ couplet
-    scores[_copied(pool, upper, lower)] = -np.inf  # a banner sums the couplet up: one that repeats it says nothing
+    scores[_copied(pool, runs)] = -np.inf  # a banner sums the couplet up: one that repeats it says nothing
     if embeddings is not None:
         scores = scores + EMBEDDING_WEIGHT * _embedding_relevance(pool, text, embeddings, tokens)
     if favour:
-        pool, scores = _favoured(pool, scores, couplet, favour, _copied(pool, upper, lower))
+        pool, scores = _favoured(pool, scores, couplet, favour, runs)
     return _best(pool, scores, k)
 
 
 def _favoured(pool: Pool, scores: np.ndarray, couplet: np.ndarray, favour: Sequence[str],
-              copied: list[int]) -> tuple[Pool, np.ndarray]:
+              runs: set[str]) -> tuple[Pool, np.ndarray]:
     """The pool and scores with `favour` raised by FAVOUR_BONUS (less FAVOUR_DECAY per place down the list), and
     any favoured phrase the pool lacks added, scored by its characters' vectors. A favoured phrase that repeats the
-    couplet stays out, as any other does."""
+    couplet (`runs`: _run_keys) stays out, as any other does, whether the pool holds it or not."""
     favour = [f for f in dict.fromkeys(favour) if len(f) == 4 and all(map(is_han, f)) and not blocked(f)]
     bonus = {f: FAVOUR_BONUS - FAVOUR_DECAY * i for i, f in enumerate(favour)}
-    copied_texts = {pool.texts[r] for r in copied} | {"".join(sorted(pool.texts[r])) for r in copied}
     scores = scores.copy()
     rows = np.searchsorted(pool.texts, favour)
     known = [(f, r) for f, r in zip(favour, rows) if r < len(pool.texts) and pool.texts[r] == f]
     for f, r in known:
         scores[r] += bonus[f]
-    missing = sorted(set(favour) - {f for f, _ in known} - copied_texts)
-    missing = [f for f in missing if "".join(sorted(f)) not in copied_texts]
+    missing = sorted(f for f in set(favour) - {f for f, _ in known} if "".join(sorted(f)) not in runs)
     if not missing:
         return pool, scores
     vectors = _unit(np.stack([pool.char_weights[pool.char_rows(f)] @ pool.char_vectors[pool.char_rows(f)]
@@ -285,11 +284,16 @@ def _favoured(pool: Pool, scores: np.ndarray, couplet: np.ndarray, favour: Seque
     return merged, np.concatenate([scores, extra])[order]
 
 
-def _copied(pool: Pool, upper: str, lower: str) -> list[int]:
-    """Rows of the pool phrases that stand inside one clause of the couplet, in its order or another
-    (珠联璧合 and 璧合珠联 both copy 珠联璧合情相依)."""
-    grams = {clause[i:i + 4] for line in (upper, lower) for clause in _clauses(line) for i in range(len(clause) - 3)}
-    return sorted({row for gram in grams for row in pool.anagrams.get("".join(sorted(gram)), ())})
+def _run_keys(upper: str, lower: str) -> set[str]:
+    """The couplet's 4-character runs inside one clause, each as its sorted characters: a phrase with the same
+    key stands in the couplet in its order or another (珠联璧合 and 璧合珠联 both copy 珠联璧合情相依)."""
+    return {"".join(sorted(clause[i:i + 4]))
+            for line in (upper, lower) for clause in _clauses(line) for i in range(len(clause) - 3)}
+
+
+def _copied(pool: Pool, runs: set[str]) -> list[int]:
+    """Rows of the pool phrases that stand inside one clause of the couplet (`runs`: _run_keys)."""
+    return sorted({row for key in runs for row in pool.anagrams.get(key, ())})
 
 
 def _clauses(line: str) -> list[str]:

@@ -47,6 +47,25 @@ def test_composed_couplets_are_valid_about_the_words_and_carry_three_banners(key
         assert d["valid"] and len(d["hengpi"]) == 3
 
 
+def test_a_rule_the_request_lifts_is_lifted_in_the_checks_too(keyword_model, monkeypatch):
+    """allow_upper_chars lets the 下联 reuse 上联 characters; the checks of what comes back follow the same rules
+    (a couplet is never marked invalid for what the request allowed), once per couplet returned, on its text as
+    returned."""
+    calls = []
+    real = compose.check_pair
+
+    def spy(upper, lower, allow_upper_chars=False, forms=None):
+        calls.append((upper, lower, allow_upper_chars))
+        return real(upper, lower, allow_upper_chars, forms)
+
+    monkeypatch.setattr(compose, "check_pair", spy)
+    for allow in (False, True):
+        calls.clear()
+        got = keyword_model.compose(["春", "福"], length=7, n=5, seed=3, allow_upper_chars=allow)
+        assert got and all(x.checks.valid for x in got)
+        assert calls == [(x.upper, x.lower, allow) for x in got]
+
+
 def test_carries_a_word_or_a_close_relative():
     assert compose.carries("春", "东风送暖") is False or compose.carries("春", "岁岁平安")  # 岁 is close to 春
     assert compose.carries("春", "岁月") and compose.carries("平安", "平安") and not compose.carries("春", "桌椅")

@@ -34,7 +34,7 @@ import numpy as np
 from . import decode
 from .hengpi import Hengpi
 from .rules import FormChecks, check_pair
-from .script import answer_script, to_simplified, to_traditional
+from .script import answer_script, char_forms, to_simplified, to_traditional
 from .text import CoupletInputError, is_han, normalize
 
 if TYPE_CHECKING:
@@ -185,8 +185,8 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
         # the user's own words count double: an occasion's word is a suggestion, the user's are the request
         own = sum(w in carried for w in words)
         score = (up.score + low.score) / 2 + THEME_WEIGHT * (len(carried) + own) / (len(sets[k]) + len(words))
-        found.setdefault((upper, lower), ComposedCouplet(upper, lower, score, check_pair(upper, lower),
-                                                         tuple(sets[k]), carried))
+        # checks: None until 5), where only the couplets returned are checked, on the text returned
+        found.setdefault((upper, lower), ComposedCouplet(upper, lower, score, None, tuple(sets[k]), carried))
     # the best couplet of each theme set first (so an occasion's five answers are about five of its words), then
     # the rest by score
     ranked = sorted(found.values(), key=lambda x: -x.score)
@@ -206,7 +206,8 @@ def compose(c: "Couplets", words: Sequence[str] | str, length: int = 7, n: int =
         if script == "traditional":
             x.upper, x.lower = to_traditional(x.upper), to_traditional(x.lower)
             banners = [Hengpi(to_traditional(h.text), h.score) for h in banners]
-            x.checks = check_pair(x.upper, x.lower)
+        # checked once, on the text the user gets, under the rules the 下联 was decoded with
+        x.checks = check_pair(x.upper, x.lower, opts.allow_upper_chars, char_forms)
         x.hengpi = tuple(banners)
     return best
 

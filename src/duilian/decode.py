@@ -252,8 +252,8 @@ class Hypothesis:
 class Rules:
     """The LineSpecs of one batch (B lines, the longest L positions) as tensors in sub-vocabulary indices.
 
-    A shorter line's positions past its end force a filler token (log-prob 0, so neither sampling nor beam
-    scores feel it) and count for nothing; its tokens there are cut off at the end."""
+    A shorter line's positions past its end force a filler token (log-prob 0, so no score feels it); its rows
+    leave the batch at its end (_write), so the filler is never decoded and is only the tensors' padding."""
 
     forced: torch.Tensor  # (B, L) long, -1 = free
     repeat_of: torch.Tensor  # (B, L) long
@@ -555,13 +555,13 @@ def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search)
 
 
 def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose,
-           drop_finished: bool = False, withdrawn: Callable[[], list[int]] | None = None):
+           withdrawn: Callable[[], list[int]] | None = None):
     """The decoding loop shared by sampling and beam search.
 
     choose(t, logp [R_t, V'], live [R_t]) -> (parent or None, token [R_t]) for the live rows (global indices
     `live`); parent (local indices into the live rows) reorders them (beams, within each line) first.
-    drop_finished: a row leaves the batch once its line is written, so shorter lines cost nothing after their
-    end (otherwise a shorter line's rows write fillers to the end, and need the cache room for them).
+    A row leaves the batch once its line is written, so shorter lines cost nothing after their end (and need no
+    cache room past it: GPT.start sizes each prompt-length run's cache to its own longest line).
     withdrawn() -> the lines (indices into `rules`) no longer wanted: asked before each step, their rows leave
     the batch (what they wrote is left unfinished), and the pass ends with the longest line left. Returns
     out [R, L], the tokens written (sub-vocabulary indices).
@@ -581,7 +581,7 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
                 if not live.numel():
                     break
                 end = int(row_len[live].max())
-        if t >= end:  # the lines left are written (beams' fillers past a line's end are cut off anyway)
+        if t >= end:  # the lines left are written
             break
         whole = live.numel() == R
         allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, out if whole else out[live])
@@ -595,13 +595,12 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
             state = state.select(parent)
         out[live, t] = token
         if t + 1 < end:
-            if drop_finished:
-                keep = row_len[live] > t + 1
-                if not bool(keep.all()):
-                    keep = keep.nonzero()[:, 0]
-                    state, live, token = state.select(keep), live[keep], token[keep]
-                if not live.numel():  # a top-up round may hold only lines shorter than the batch's longest
-                    break
+            keep = row_len[live] > t + 1
+            if not bool(keep.all()):
+                keep = keep.nonzero()[:, 0]
+                state, live, token = state.select(keep), live[keep], token[keep]
+            if not live.numel():  # a top-up round may hold only lines shorter than the batch's longest
+                break
             logits = state.step(vocab.ids[token])
     return out
 
@@ -647,7 +646,7 @@ def _sample(net, vocab, specs, search, device, start=None):
             return None, token
 
         out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose,
-                     drop_finished=True, withdrawn=withdrawn)
+                     withdrawn=withdrawn)
         done = torch.ones_like(rows, dtype=torch.bool)
         if withdrawn is not None:  # rows of lines withdrawn while they were written are unfinished
             done = ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
@@ -677,8 +676,7 @@ def _beam(net, vocab, specs, search, device, start=None):
     withdrawn = _withdrawn(specs)
     # A written line's beams leave the batch: past its end they would only write fillers, which add nothing to
     # their scores.
-    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose,
-                 drop_finished=True, withdrawn=withdrawn)
+    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose, withdrawn=withdrawn)
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     alive = torch.isfinite(beam.view(-1))
     if withdrawn is not None:  # a withdrawn line's beams are unfinished

@@ -512,10 +512,6 @@ class Couplets:
         return 1 + sum(ch in self.tokenizer.index for ch in text)
 
 
-POSITIONS = {1: "鹤顶格 (藏头)", 2: "燕颔格", 3: "鸢肩格", 4: "蜂腰格", 5: "鹤膝格", 6: "凫胫格", "last": "雁足格"}
-"""The names of the places a 嵌字 couplet puts its characters (1-based; "last" is the end of the line)."""
-
-
 def embed_position(position: int | str, length: int, heads: str) -> int:
     """The 0-based place of the 嵌字 characters, or CoupletInputError: a place past the line, or a character whose
     tone the line's end forbids there (the 上联 ends 仄, the 下联 平)."""

@@ -406,3 +406,9 @@ def test_genericness_counts_lines_and_endings_that_answer_many_uppers():
     assert GENERIC_TOP == 0.01
     with pytest.raises(ValueError):
         genericness(["", ""])
+
+
+@pytest.mark.parametrize("field", ["method", "first"])
+def test_eval_config_refuses_a_value_its_literal_type_lacks(field):
+    with pytest.raises(ValueError, match=f"{field} must be one of"):
+        EvalConfig(**{field: "nucleus"})

@@ -27,17 +27,16 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from .corpus import read_pairs as read_corpus
 from .corpus import resolve_source
-from .knobs import knob
+from .knobs import check_literals, knob
 from .rules import check_pair
 from .script import to_simplified
 from .text import CoupletInputError, clean_upper, normalize
 
 Method = Literal["beam", "sample", "greedy"]
-METHODS: tuple[str, ...] = get_args(Method)
 First = Literal["sample", "greedy", "beam"]  # decode.Search.first
 BLEU_ORDERS = (1, 2, 4)
 N_EXAMPLES = 10  # (上联, reference, ours) triples kept in report.json and report.md
@@ -86,8 +85,7 @@ class EvalConfig:
                                 "duilian.load)", None)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        check_literals(self)
         if self.n < 1:
             raise ValueError(f"n must be at least 1, not {self.n}")
         if self.batch_size < 1:

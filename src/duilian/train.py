@@ -31,9 +31,8 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
-from functools import cache
 from pathlib import Path
-from typing import Callable, Literal, get_args, get_type_hints
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -51,7 +50,7 @@ from .dataset import (
     v5_prompt_lines,
 )
 from .gpt import GPT
-from .knobs import knob
+from .knobs import check_literals, knob
 from .model import PRESETS, Preset, build_model, count_parameters, init_from_model_dir
 from .text import is_han
 from .tokenizer import Tokenizer, default_tokenizer
@@ -137,9 +136,7 @@ class TrainConfig:
                               "0 = never", 0, group="testing aid")
 
     def __post_init__(self):
-        for name, choices in literal_choices(type(self)).items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
+        check_literals(self)
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "pad_multiple", "bucket_chunk"):
@@ -169,14 +166,6 @@ class TrainConfig:
                                  f"--preset out to train that model's shape, or choose one as wide and deeper")
             return p
         return shape
-
-
-@cache
-def literal_choices(cls) -> dict[str, tuple]:
-    """A config dataclass's Literal-typed fields -> their allowed values (the flags' choices)."""
-    hints = get_type_hints(cls)
-    return {f.name: get_args(hints[f.name]) for f in fields(cls) if getattr(hints[f.name], "__origin__", None)
-            is Literal}
 
 
 def global_batch(cfg: TrainConfig, world_size: int) -> int:

@@ -93,8 +93,7 @@ def main() -> None:
                          and tag_of.get(w, "x") in THEME_TAGS), key=lambda w: (-log_odds(w), w))
         chosen = [w for w in ranked if not any(w != v and w in v for v in ranked[:WORDS])][:WORDS]
         text = "".join(couplets[i] for i in mine)
-        rows = pool.char_rows("".join(ch for ch in text if is_han(ch)))
-        centre = hengpi._unit(pool.char_weights[rows] @ pool.char_vectors[rows])
+        centre = pool.vector("".join(ch for ch in text if is_han(ch)))
         scores = pool.vectors @ centre + pool.prior
         banners = [h.text for h in hengpi._best(pool, scores.astype(np.float32), BANNERS)]
         out[name] = {"seeds": seeds, "couplets": len(mine), "words": chosen, "banners": banners}

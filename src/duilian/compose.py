@@ -101,10 +101,10 @@ def carries(word: str, couplet: str) -> bool:
     (cosine >= RELATIVE between the character's and the word's co-occurrence vectors)."""
     if word in couplet:
         return True
-    from .hengpi import _unit, load_pool
+    from .hengpi import load_pool
 
     pool = load_pool()
-    w = _unit((pool.char_weights[pool.char_rows(word), None] * pool.char_vectors[pool.char_rows(word)]).sum(0))
+    w = pool.vector(word)
     chars = [ch for ch in dict.fromkeys(couplet) if is_han(ch)]
     if not chars or not w.any():
         return False

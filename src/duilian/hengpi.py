@@ -158,6 +158,12 @@ class Pool:
         codes = np.array([ord(ch) for ch in text], np.uint32)
         return _rows(np.frombuffer(self.chars.encode("utf-32-le"), np.uint32), codes)
 
+    def vector(self, text: str) -> np.ndarray:
+        """The meaning of `text` in the co-occurrence space: its characters' vectors, SIF-weighted, summed, unit
+        length ((d,) float32; zeros when no character has a vector)."""
+        rows = self.char_rows(text)
+        return _unit(self.char_weights[rows] @ self.char_vectors[rows])
+
 
 def _rows(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Index of each code point in the sorted `table`, or len(table) where it is missing."""
@@ -248,8 +254,7 @@ def suggest(upper: str, lower: str, k: int = 3, embeddings: "torch.Tensor | None
     if not text:
         raise ValueError("the couplet has no Chinese characters")
     pool = load_pool()
-    rows = pool.char_rows(text)
-    couplet = _unit(pool.char_weights[rows] @ pool.char_vectors[rows])  # (d,)
+    couplet = pool.vector(text)  # (d,)
     runs = _run_keys(upper, lower)
     scores = pool.prior + pool.vectors @ couplet
     scores[_copied(pool, runs)] = -np.inf  # a banner sums the couplet up: one that repeats it says nothing
@@ -275,8 +280,7 @@ def _favoured(pool: Pool, scores: np.ndarray, couplet: np.ndarray, favour: Seque
     missing = sorted(f for f in set(favour) - {f for f, _ in known} if "".join(sorted(f)) not in runs)
     if not missing:
         return pool, scores
-    vectors = _unit(np.stack([pool.char_weights[pool.char_rows(f)] @ pool.char_vectors[pool.char_rows(f)]
-                              for f in missing]))
+    vectors = np.stack([pool.vector(f) for f in missing])
     texts = np.concatenate([pool.texts, np.array(missing, dtype="U4")])
     order = np.argsort(texts, kind="stable")  # _best looks phrases up by code point order
     extra = np.array([float(v @ couplet) + bonus[f] for f, v in zip(missing, vectors)], np.float32)

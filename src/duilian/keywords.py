@@ -79,8 +79,7 @@ class Related:
 
     @staticmethod
     def _embed(pool, word: str) -> np.ndarray:
-        rows = pool.char_rows(word)
-        return (pool.char_weights[rows, None] * pool.char_vectors[rows]).sum(0)
+        return pool.vector(word)
 
     def neighbours(self, word: str, k: int = RELATED_NEIGHBOURS) -> list[str]:
         """Up to k words nearest `word`, sharing no character with it (a word holding 春 is not news)."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import random
@@ -34,13 +33,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from revision import export_revision  # benchmarks/revision.py (scripts run from benchmarks/)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "couplets" / "in.txt"
@@ -88,15 +87,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def export_revision(rev: str, into: Path) -> Path:
-    """The package source (src/) of git revision `rev` of this repository, written under `into`; returns the
-    directory to put on PYTHONPATH."""
-    tar = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        archive.extractall(into, filter="data")
-    return into / "src"
 
 
 def start_server(model_dir: str, max_batch: int, batch_wait_ms: float, batch_gap_ms: float, threads: int,

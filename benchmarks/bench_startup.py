@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from revision import export_revision  # benchmarks/revision.py (scripts run from benchmarks/)
+
 ROOT = Path(__file__).resolve().parents[1]
 WARMSTART = ROOT.parent / "shared" / "warmstart" / "mini-hf"
 
@@ -53,9 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "baseline"
         old.mkdir()
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev, "src"], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        export_revision(args.baseline_rev, old)
         runs: dict[str, list[float]] = {"import torch": [], "now": [], f"at {args.baseline_rev}": [],
                                         "first command": [], f"first command at {args.baseline_rev}": []}
         timed(generate, ROOT / "src")  # warm the file cache for both sides

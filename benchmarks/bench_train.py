@@ -28,11 +28,12 @@ import importlib
 import importlib.util
 import itertools
 import lzma
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from revision import export_revision  # benchmarks/revision.py (scripts run from benchmarks/)
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "couplet" / "train"
@@ -52,10 +53,7 @@ def read_pairs(n: int) -> list[tuple[str, str]]:
 def baseline_trainer(rev: str, into: Path):
     """duilian.train as it was at revision `rev`: its src/duilian extracted into `into` and imported as the package
     duilian_baseline (its modules import one another relatively, so they find their own)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src/duilian"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    package = into / "src" / "duilian"
+    package = export_revision(rev, into, "src/duilian") / "duilian"
     spec = importlib.util.spec_from_file_location("duilian_baseline", package / "__init__.py",
                                                   submodule_search_locations=[str(package)])
     sys.modules["duilian_baseline"] = importlib.util.module_from_spec(spec)

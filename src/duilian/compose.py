@@ -25,6 +25,7 @@ A model trained without keyword lines cannot do this (it would read [KW] as nois
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
@@ -96,6 +97,15 @@ def clean_words(words: Sequence[str] | str) -> list[str]:
     return words
 
 
+@functools.lru_cache(maxsize=4096)
+def _word_vector(word: str) -> np.ndarray:
+    """A theme word's vector, computed once: a request asks `carries` about the same few words for each of its
+    candidates. (Read only: the array is shared.)"""
+    from .hengpi import load_pool
+
+    return load_pool().vector(word)
+
+
 def carries(word: str, couplet: str) -> bool:
     """Whether a couplet carries a theme word: the word itself, or a character that is a close relative of it
     (cosine >= RELATIVE between the character's and the word's co-occurrence vectors)."""
@@ -104,7 +114,7 @@ def carries(word: str, couplet: str) -> bool:
     from .hengpi import load_pool
 
     pool = load_pool()
-    w = pool.vector(word)
+    w = _word_vector(word)
     chars = [ch for ch in dict.fromkeys(couplet) if is_han(ch)]
     if not chars or not w.any():
         return False

@@ -269,18 +269,24 @@ class GPT(nn.Module):
             block.compile()
 
     # --- decoding -------------------------------------------------------------------------------------------------
+    @classmethod
+    def over(cls, config: GPTConfig, tensors: dict[str, torch.Tensor]) -> "GPT":
+        """A GPT in eval mode over `tensors`, a state dict under GPT2LMHeadModel's names, used as they are, not
+        copied. It is built on the meta device: nothing is initialised only to be replaced."""
+        with torch.device("meta"):
+            net = cls(config)
+        net.load_state_dict(tensors, assign=True)
+        if config.tie_word_embeddings:
+            net.lm_head.weight = net.transformer.wte.weight
+        return net.eval()
+
     def for_decoding(self, rows: torch.Tensor | None = None, quantize: str | None = None) -> "GPT":
         """A copy for the decoder, in eval mode, sharing this model's tensors: its output layer (`emit`) computes
         the vocabulary ids `rows` only (all when None), and with quantize="int8" its matmuls and `emit` are int8.
         full_logits keeps the whole fp32 output layer."""
         if quantize not in QUANTIZE:
             raise ValueError(f"quantize must be one of {QUANTIZE}, not {quantize!r}")
-        with torch.device("meta"):
-            net = GPT(self.config)
-        net.load_state_dict(self.state_dict(), assign=True)  # the same tensors, not copies
-        if self.config.tie_word_embeddings:
-            net.lm_head.weight = net.transformer.wte.weight
-        net.eval().requires_grad_(False)
+        net = GPT.over(self.config, self.state_dict()).requires_grad_(False)  # the same tensors, not copies
         head = self.lm_head.weight.detach()
         head = head if rows is None else head.index_select(0, rows.to(head.device))  # (V', C)
         if quantize == "int8":

@@ -256,12 +256,7 @@ def gpt_from_tensors(config: GPTConfig, tensors: dict[str, torch.Tensor]) -> GPT
     vocab = tensors["transformer.wte.weight"].shape[0]
     if vocab != config.vocab_size:  # a config.json that disagrees with its weights: the weights are what runs
         config.vocab_size = vocab
-    with torch.device("meta"):  # no initialisation: every tensor is replaced
-        model = GPT(config)
-    model.load_state_dict(tensors, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight
-    return model.eval()
+    return GPT.over(config, tensors)
 
 
 def to_transformers(model: GPT, tokenizer: "Tokenizer | None" = None) -> "GPT2LMHeadModel":

@@ -211,7 +211,8 @@ def hf_model(model_dir):
 def constrained_logprob(hf_model, c, upper: str, lower: str) -> float:
     """The mean per-token log-prob of `lower` under the decoder's constrained distribution (what
     Candidate.logprob reports), teacher-forced through transformers' model: its logits at each position,
-    the decoder's masks for that position (from c), a log-softmax over what they allow."""
+    the decoder's masks for that position (from c), a log-softmax over what they allow; at a 重字 copy, which
+    the masks force, over every Han character the line may use (the copy's own likelihood)."""
     spec = c.lower_spec(upper, api.Options())
     rules = decode.Rules.build([spec], c.vocab)
     tokens = c.tokenizer.encode_chars(lower)
@@ -222,6 +223,8 @@ def constrained_logprob(hf_model, c, upper: str, lower: str) -> float:
     total = 0.0
     for t in range(len(tokens)):
         allowed = decode.allowed_tokens(rules, c.vocab, torch.tensor([0]), t, sub[None])[0]
+        if spec.repeat_of[t] < t:
+            allowed = allowed | rules.free[0]
         total += torch.log_softmax(torch.where(allowed, logits[t], -math.inf), 0)[sub[t]].item()
     return total / len(tokens)
 

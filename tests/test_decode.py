@@ -487,6 +487,54 @@ class _CountingState:
         return self.state.step(tokens)
 
 
+class _DoublingNet:
+    """The tiny model with one character made the likeliest first choice by `lead` nats, and `penalty` nats less
+    likely right after itself: a model that says the character is never written twice."""
+
+    def __init__(self, net, sub: int, vocab_id: int, lead: float, penalty: float):
+        self.net, self.sub, self.id, self.lead, self.penalty = net, sub, vocab_id, lead, penalty
+
+    def start(self, prompts, new_tokens):
+        state, logits = self.net.start(prompts, new_tokens)
+        logits = logits.clone()
+        logits[:, self.sub] += self.lead
+        return _DoublingState(self, state), logits
+
+
+class _DoublingState:
+    def __init__(self, owner, state):
+        self.owner, self.state = owner, state
+
+    def select(self, index):
+        return _DoublingState(self.owner, self.state.select(index))
+
+    def step(self, tokens):
+        logits = self.state.step(tokens).clone()
+        logits[tokens == self.owner.id, self.owner.sub] -= self.owner.penalty
+        return logits
+
+
+def test_a_forced_repeat_costs_what_the_model_says_of_it(couplets, vocab):
+    """重字 copies are forced, but they are scored: a character the model will not double (杜 here) loses the
+    lead of a beam that must double it, and a candidate's log-prob counts the copy."""
+    spec = couplets.lower_spec("风风雨雨", Options())
+    z = default_tokenizer().encode_chars("杜")[0]
+    search = decode.Search(method="beam", n=3)
+
+    def best(penalty):
+        net = _DoublingNet(couplets.net, int(vocab.to_sub[z]), z, lead=8.0, penalty=penalty)
+        return decode.generate(net, vocab, [spec], search)[0][0]
+
+    free = best(0.0)
+    assert free.tokens[:2] == [z, z]  # likeliest first, and doubling it costs nothing
+    punished = best(30.0)
+    assert punished.tokens[0] != z and punished.score > free.score - 30.0 / 4
+    # Sampling (top-k 1: always the likeliest) writes the double; its log-prob carries the copy's cost.
+    net = _DoublingNet(couplets.net, int(vocab.to_sub[z]), z, lead=8.0, penalty=30.0)
+    sampled = decode.generate(net, vocab, [spec], decode.Search(n=2, top_k=1))[0]
+    assert sampled[0].tokens[:2] == [z, z] and sampled[0].logprob < -30.0 / 4
+
+
 @pytest.mark.parametrize("search", [decode.Search(n=4), decode.Search(n=4, first="beam"),
                                     decode.Search(n=3, method="beam")])
 def test_a_withdrawn_line_leaves_the_pass_at_the_next_step(couplets, search):

@@ -25,8 +25,9 @@ are decoded together: the matmuls take all rows at once, attention runs per run 
 is written leaves the batch (a sampled row, or all the beams of a line), so a short line costs nothing after
 its end. The prompt is prefilled once per line, then its KV cache is expanded to the candidate rows.
 
-Candidates are ranked by score = mean per-token log-prob (under the constrained distribution) plus
-RULE_WEIGHT × rule score (fraction of rhythm positions whose tones oppose the 上联's).
+Candidates are ranked by score = mean per-token log-prob (under the constrained distribution; a forced 重字
+copy counts its log-prob among the free characters, so a double the model would not write costs what it
+says) plus RULE_WEIGHT × rule score (fraction of rhythm positions whose tones oppose the 上联's).
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ class Hypothesis:
 
     tokens: list[int]
     logprob: float
-    """Mean per-token log-prob under the constrained distribution (forced tokens count 0)."""
+    """Mean per-token log-prob under the constrained distribution (forced tokens count 0, except a 重字 copy of
+    the line's own earlier token, which counts its log-prob among the Han characters the line may use)."""
     rule_score: float
     score: float
     beam: bool = False
@@ -584,8 +586,17 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
         if t >= end:  # the lines left are written
             break
         whole = live.numel() == R
-        allowed = allowed_tokens(rules, vocab, rows if whole else rows[live], t, out if whole else out[live])
+        here = rows if whole else rows[live]
+        allowed = allowed_tokens(rules, vocab, here, t, out if whole else out[live])
         logp = torch.log_softmax(torch.where(allowed, logits.float(), -math.inf), dim=1)  # (R_t, V')
+        # A 重字 copy is forced, yet the model still says how likely the character is a second time: it counts
+        # its log-prob among every Han character the line could take (not 0), so a line that doubles what no
+        # one doubles (杜杜, 幸幸福福) scores low, the beam drops it and the ranking puts it last.
+        copies = (rules.repeat_of[here, t] < t).nonzero()[:, 0]
+        if copies.numel():
+            among = rules.free[here[copies]] | allowed[copies]
+            free = torch.log_softmax(torch.where(among, logits[copies].float(), -math.inf), dim=1)
+            logp[copies] = torch.where(allowed[copies], free, -math.inf)
         parent, token = choose(t, logp, live)
         if parent is not None:  # beams: the rows of each line are reordered among themselves
             if whole:

@@ -83,15 +83,15 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
+    from rerank_sweep import read_split  # benchmarks/rerank_sweep.py (scripts run from benchmarks/)
+
     from duilian import load
-    from duilian.evaluate import bleu, distinct, genericness, read_pairs
+    from duilian.evaluate import bleu, distinct, genericness
 
     c = load(args.model)
     results = {}
     for spec in args.split:
-        name, _, path = spec.partition("=")
-        pairs, _ = read_pairs(path, args.limit)
-        uppers, refs = [u for u, _ in pairs], [lower for _, lower in pairs]
+        name, uppers, refs = read_split(spec, args.limit)
         _, t_default = decode_pools(c, uppers, 4, args.batch_size)
         pools, t_pool = decode_pools(c, uppers, args.samples, args.batch_size)
         rows = []
@@ -101,8 +101,8 @@ def main() -> None:
                 rows.append({"alpha": alpha, "lm_weight": beta, "bleu": {n: bleu(firsts, refs, n) for n in (1, 2, 4)},
                              "distinct_2": distinct(firsts, 2), **{k: genericness(firsts)[k]
                                                                     for k in ("top_share", "tail_share")}})
-        results[name] = {"pairs": len(pairs), "seconds_4_samples": t_default, "seconds_pool": t_pool, "rows": rows}
-        print(f"\n{name}: {len(pairs)} pairs; {args.samples} samples {t_pool:.0f} s against 4 samples "
+        results[name] = {"pairs": len(uppers), "seconds_4_samples": t_default, "seconds_pool": t_pool, "rows": rows}
+        print(f"\n{name}: {len(uppers)} pairs; {args.samples} samples {t_pool:.0f} s against 4 samples "
               f"{t_default:.0f} s ({t_pool / t_default:.2f}x)")
         print("| α (MBR) | β (anti-LM) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | firsts among the 1% most "
               "frequent | endings among the 1% most frequent |")

@@ -22,6 +22,15 @@ import time
 from pathlib import Path
 
 
+def read_split(spec: str, limit: int) -> tuple[str, list[str], list[str]]:
+    """NAME=PATH -> (name, its first `limit` 上联, their human 下联)."""
+    from duilian.evaluate import read_pairs
+
+    name, _, path = spec.partition("=")
+    pairs, _ = read_pairs(path, limit)
+    return name, [u for u, _ in pairs], [lower for _, lower in pairs]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -39,15 +48,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from duilian import load, pos
-    from duilian.evaluate import bleu, distinct, genericness, read_pairs
+    from duilian.evaluate import bleu, distinct, genericness
 
     c = load(args.model)
     results = {}
     for spec in args.split:
-        name, _, path = spec.partition("=")
-        pairs, _ = read_pairs(path, args.limit)
-        uppers, refs = [u for u, _ in pairs], [l for _, l in pairs]
-        batches = [range(i, min(i + args.batch_size, len(pairs))) for i in range(0, len(pairs), args.batch_size)]
+        name, uppers, refs = read_split(spec, args.limit)
+        batches = [range(i, min(i + args.batch_size, len(uppers))) for i in range(0, len(uppers), args.batch_size)]
 
         def run(weight: float, lm_weight: float) -> tuple[list, float]:
             start, got = time.perf_counter(), []
@@ -74,13 +81,13 @@ def main() -> None:
                          "generic_tail_share": genericness(firsts)["tail_share"],
                          "changed": sum(f != (p[0].text if p else "") for f, p in zip(firsts, plain)) / len(firsts)}
         plain_firsts = [p[0].text if p else "" for p in plain]
-        results[name] = {"pairs": len(pairs), "seconds_plain": t_plain, "seconds_reranked": t_pool,
+        results[name] = {"pairs": len(uppers), "seconds_plain": t_plain, "seconds_reranked": t_pool,
                          "plain": {"bleu": {n: bleu(plain_firsts, refs, n) for n in (1, 2, 4)},
                                    "distinct_2": distinct(plain_firsts, 2),
                                    "generic_top_share": genericness(plain_firsts)["top_share"]},
                          "rankings": [{"lambda": lam, "pos_weight": mu, "lm_weight": beta, **r}
                                       for (lam, mu, beta), r in rows.items()]}
-        print(f"\n{name}: {len(pairs)} pairs; default decoding {t_plain:.0f} s, reranked pool {t_pool:.0f} s "
+        print(f"\n{name}: {len(uppers)} pairs; default decoding {t_plain:.0f} s, reranked pool {t_pool:.0f} s "
               f"({t_pool / t_plain:.2f}x)")
         print("| λ | μ (POS) | β (anti-LM) | BLEU-1 | BLEU-2 | BLEU-4 | distinct-2 (firsts) | "
               "firsts among the 1% most frequent | endings among the 1% most frequent | first changed |")

@@ -64,8 +64,8 @@ class Candidate:
     text: str
     score: float
     logprob: float
-    """Mean per-token log-prob of the 下联 under the constrained distribution (decode.Hypothesis.logprob: forced
-    punctuation counts 0, a forced 重字 copy its log-prob among the characters the line may use)."""
+    """Mean per-token log-prob of the 下联, each token's among all Han characters and the punctuation mark forced at
+    its place (decode.Hypothesis.logprob): the form rules decide what is written, not how it counts."""
     rule_score: float
     """Fraction of rhythm positions whose tones oppose the 上联's (decode.RULE_NEUTRAL when none count)."""
     checks: FormChecks

@@ -14,6 +14,11 @@ BLEU against one reference rewards the expected answer, not a good one; this ask
     # 3) score: the table, from answers.jsonl and key.json
     python benchmarks/judge.py score runs/judge/modern-new-human
 
+    # One judge for several systems against the same one: --a more than once. Every (system, human) item goes into
+    # one file in a seeded order, so each system's share comes from the same judge. Separate judges differ by
+    # several points on the very same pairs; one judge does not.
+    python benchmarks/judge.py make runs/judge/modern.tsv --a new --a old --b human --out runs/judge/modern-both
+
 The judge's instructions are benchmarks/judge_instructions.md, fixed: every figure in the model card was made
 with that text. "As good or better" for system A counts the items where the judge preferred A or called
 them equal (better = 0).
@@ -66,20 +71,28 @@ def _read_tsv(path: str) -> tuple[list[str], list[list[str]]]:
 def cmd_make(args) -> None:
     """items.md for the judge (the instructions, then each 上联 with the two 下联 in a seeded random order) and
     key.json (which system is 1 and which is 2, per item). Items where the two lines are equal are left out
-    (counted in key.json): there is nothing to judge."""
+    (counted in key.json): there is nothing to judge. With several --a, every system's items against --b go into
+    the one file, in a seeded order, each item's key naming its system."""
     header, rows = _read_tsv(args.lines)
-    a, b, up = header.index(args.a), header.index(args.b), header.index("upper")
+    systems = args.a
+    b, up = header.index(args.b), header.index("upper")
     rng = random.Random(args.seed)
-    items, key, same = [], [], 0
-    for row in rows:
-        if row[a] == row[b]:
-            same += 1
-            continue
-        first_is_a = rng.random() < 0.5
-        one, two = (row[a], row[b]) if first_is_a else (row[b], row[a])
-        items.append((row[up], one, two))
-        key.append({"upper": row[up], "1": args.a if first_is_a else args.b, "2": args.b if first_is_a else args.a,
-                    args.a: row[a], args.b: row[b]})
+    items, key, same = [], [], {name: 0 for name in systems}
+    for name in systems:
+        a = header.index(name)
+        for row in rows:
+            if row[a] == row[b]:
+                same[name] += 1
+                continue
+            first_is_a = rng.random() < 0.5
+            one, two = (row[a], row[b]) if first_is_a else (row[b], row[a])
+            items.append((row[up], one, two))
+            key.append({"upper": row[up], "1": name if first_is_a else args.b, "2": args.b if first_is_a else name,
+                        name: row[a], args.b: row[b], **({"a": name} if len(systems) > 1 else {})})
+    if len(systems) > 1:  # interleaved, so a 上联's items for two systems are seldom side by side
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        items, key = [items[i] for i in order], [key[i] for i in order]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     instructions = Path(args.instructions) if args.instructions else COMPOSE_INSTRUCTIONS if args.compose \
@@ -89,9 +102,10 @@ def cmd_make(args) -> None:
     for i, (u, one, two) in enumerate(items, start=1):
         text += [f"{i}. {prompt}：{u}", f"   {line} 1：{one}", f"   {line} 2：{two}", ""]
     (out / "items.md").write_text("\n".join(text), encoding="utf-8")
-    (out / "key.json").write_text(json.dumps({"a": args.a, "b": args.b, "identical": same, "items": key},
-                                             ensure_ascii=False, indent=1), encoding="utf-8")
-    print(f"wrote {out}/items.md ({len(items)} items; {same} identical pairs left out) and key.json")
+    head = {"a": systems[0], "b": args.b, "identical": same[systems[0]]} if len(systems) == 1 else \
+        {"a": systems, "b": args.b, "identical": same}
+    (out / "key.json").write_text(json.dumps({**head, "items": key}, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"wrote {out}/items.md ({len(items)} items; {sum(same.values())} identical pairs left out) and key.json")
 
 
 def read_answers(path: Path, n_items: int) -> dict[int, dict]:
@@ -109,17 +123,21 @@ def read_answers(path: Path, n_items: int) -> dict[int, dict]:
     return answers
 
 
-def tally(key: dict, answers: dict[int, dict]) -> dict:
+def tally(key: dict, answers: dict[int, dict], system: str | None = None) -> dict:
     """Per system: share preferred, share as good or better (preferred or equal), mean score; over the answered
-    items, plus the identical pairs (which count as equal for both)."""
-    a, b = key["a"], key["b"]
+    items, plus the identical pairs (which count as equal for both). A key of several systems (make with several
+    --a) is tallied for one of them, `system`."""
+    a, b = system or key["a"], key["b"]
     wins = {a: 0, b: 0}
-    ties = key["identical"]
+    same = key["identical"][a] if isinstance(key["identical"], dict) else key["identical"]
+    ties = same
     scores = {a: [], b: []}
+    answered = 0
     for i, item in enumerate(key["items"], start=1):
         ans = answers.get(i)
-        if ans is None:
+        if ans is None or item.get("a", a) != a:
             continue
+        answered += 1
         for slot in ("1", "2"):
             scores[item[slot]].append(int(ans["score_" + slot]))
         if ans["better"] == 0:
@@ -127,7 +145,7 @@ def tally(key: dict, answers: dict[int, dict]) -> dict:
         else:
             wins[item[str(ans["better"])]] += 1
     n = wins[a] + wins[b] + ties
-    return {"items": n, "answered": len(answers), "identical": key["identical"],
+    return {"items": n, "answered": answered, "identical": same,
             **{name: {"preferred": wins[name] / n, "as_good_or_better": (wins[name] + ties) / n,
                       "mean_score": sum(scores[name]) / max(len(scores[name]), 1)} for name in (a, b)}}
 
@@ -136,14 +154,16 @@ def cmd_score(args) -> None:
     d = Path(args.dir)
     key = json.loads((d / "key.json").read_text(encoding="utf-8"))
     answers = read_answers(d / args.answers, len(key["items"]))
-    t = tally(key, answers)
-    (d / "score.json").write_text(json.dumps(t, indent=1), encoding="utf-8")
-    a, b = key["a"], key["b"]
-    print(f"{t['answered']} of {len(key['items'])} items answered; {key['identical']} identical pairs count as equal")
-    print(f"| {a} as good or better than {b} | {a} preferred | mean score, {a} | mean score, {b} |")
-    print("|---|---|---|---|")
-    print(f"| {t[a]['as_good_or_better']:.0%} | {t[a]['preferred']:.0%} | {t[a]['mean_score']:.2f} | "
-          f"{t[b]['mean_score']:.2f} |")
+    systems, b = (key["a"] if isinstance(key["a"], list) else [key["a"]]), key["b"]
+    tables = {name: tally(key, answers, name) for name in systems}
+    (d / "score.json").write_text(json.dumps(tables if len(systems) > 1 else tables[systems[0]], indent=1),
+                                  encoding="utf-8")
+    print(f"{len(answers)} of {len(key['items'])} items answered; identical pairs count as equal")
+    print(f"| system | as good or better than {b} | preferred | mean score | mean score, {b} |")
+    print("|---|---|---|---|---|")
+    for name, t in tables.items():
+        print(f"| {name} | {t[name]['as_good_or_better']:.0%} | {t[name]['preferred']:.0%} | "
+              f"{t[name]['mean_score']:.2f} | {t[b]['mean_score']:.2f} |")
 
 
 def main(argv=None) -> None:
@@ -158,7 +178,8 @@ def main(argv=None) -> None:
     p.set_defaults(run=cmd_lines)
     p = sub.add_parser("make", help="a blind item file for two systems of a lines file")
     p.add_argument("lines")
-    p.add_argument("--a", required=True, help="the system whose share is reported (a column name)")
+    p.add_argument("--a", required=True, action="append",
+                   help="the system whose share is reported (a column name); again for more systems, one judge")
     p.add_argument("--b", required=True, help="the system it is compared with, e.g. human")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)

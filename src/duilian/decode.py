@@ -256,8 +256,8 @@ class Hypothesis:
 class Rules:
     """The LineSpecs of one batch (B lines, the longest L positions) as tensors in sub-vocabulary indices.
 
-    A shorter line's positions past its end force a filler token (log-prob 0, so no score feels it); its rows
-    leave the batch at its end (_write), so the filler is never decoded and is only the tensors' padding."""
+    A shorter line's positions past its end force a filler token; its rows leave the batch at its end (_write),
+    so the filler is never decoded or scored and is only the tensors' padding."""
 
     forced: torch.Tensor  # (B, L) long, -1 = free
     repeat_of: torch.Tensor  # (B, L) long

@@ -597,3 +597,30 @@ def test_the_fast_descending_sort_is_torch_s_sort_with_ties_by_index():
         assert torch.equal(order.sort(dim=1).values, torch.arange(width).expand(rows, width))  # a permutation
         tied = values[:, 1:] == values[:, :-1]
         assert (order[:, 1:][tied] > order[:, :-1][tied]).all()  # equal values: lower index first
+
+
+def test_a_bias_steers_the_beam_and_stays_out_of_the_log_prob(couplets, vocab):
+    """generate's bias (api's calibration) is added to each written token's score: a character made costly leaves
+    the beam's lines, a bias every token pays alike changes no line and shifts each score by exactly itself, and
+    the log-prob a candidate reports stays the model's own."""
+    spec = couplets.lower_spec("丹枫江冷人初去", Options())
+    search = decode.Search(method="beam", n=3)
+    plain = decode.generate(couplets.net, vocab, [spec], search)[0]
+    costly = plain[0].tokens[0]
+    bias = torch.zeros(len(vocab))
+    bias[int(vocab.to_sub[costly])] = -50.0
+    steered = decode.generate(couplets.net, vocab, [spec], search, bias=bias)[0]
+    assert steered and all(costly not in h.tokens for h in steered)
+    for h in steered:  # the costly token is in none of them: the score is the plain one
+        assert h.score == pytest.approx(h.logprob + decode.RULE_WEIGHT * h.rule_score, abs=1e-5)
+    for kind in (search, decode.Search(n=3), decode.Search(n=3, first="beam")):
+        spec_seeded = replace(spec, seed=3)
+        before = decode.generate(couplets.net, vocab, [spec_seeded], kind)[0]
+        after = decode.generate(couplets.net, vocab, [spec_seeded], kind, bias=torch.full((len(vocab),), -1.0))[0]
+        # the same lines (a sample draws from the model, the beam's order is unchanged), the same log-probs
+        assert [h.tokens for h in after] == [h.tokens for h in before]
+        for a, b in zip(after, before):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+            assert a.score == pytest.approx(b.score - 1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="sub-vocabulary"):
+        decode.generate(couplets.net, vocab, [spec], search, bias=torch.zeros(3))

@@ -129,7 +129,8 @@ def test_options_reach_the_decoder(client, model):
     assert uppers == ["春风"]
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
                        "allow_upper_chars": True, "script": "traditional", "hengpi": 0,
-                       "first": "greedy", "pos": True, "lm_weight": None, "reverse_weight": None}
+                       "first": "greedy", "pos": True, "lm_weight": None, "calibration_weight": None,
+                       "reverse_weight": None}
     # one seed per 上联; 词性对仗 always scored; ranking weights left out are null (the model's own)
     # Left out, the first candidate comes from beam search, as in the API.
     assert client.post("/v1/couplets", json={"upper": "春风"}).status_code == 200
@@ -1095,8 +1096,8 @@ def test_cli_flags_for_the_per_client_limits(capsys):
 
 
 def test_ranking_weights_are_options_of_a_couplet_request(client):
-    """lm_weight / reverse_weight reach the decoder as given (null: the model's default), and a weight out of
-    range is a 422 with the field named."""
+    """lm_weight / reverse_weight / calibration_weight reach the decoder as given (null: the model's default), and a
+    weight out of range is a 422 with the field named."""
     r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "n": 2, "seed": 1, "lm_weight": 0.5})
     assert r.status_code == 200, r.text
     assert all(isinstance(c["prior"], float) for c in r.json()["candidates"])
@@ -1106,3 +1107,8 @@ def test_ranking_weights_are_options_of_a_couplet_request(client):
         r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "lm_weight": bad})
         assert r.status_code == 422 and "lm_weight" in r.text, r.text
     assert client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "reverse_weight": -1}).status_code == 422
+    for bad in (-0.1, 4):
+        r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "calibration_weight": bad})
+        assert r.status_code == 422 and "calibration_weight" in r.text, r.text
+    r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "n": 2, "seed": 1, "calibration_weight": 1.0})
+    assert r.status_code == 200 and all(c["calibration"] == 0.0 for c in r.json()["candidates"])  # no table

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from . import decode
+from .calibrate import MAX_WEIGHT as MAX_CALIBRATION_WEIGHT
 from .hengpi import Hengpi
 from .rules import LEVEL, OBLIQUE, FormChecks, check_pair, decoder_tones, lower_spec, tone_of
 from .script import (
@@ -59,7 +60,8 @@ class NoDefaultModelError(FileNotFoundError):
 
 @dataclass
 class Candidate:
-    """One 下联 with its score breakdown (score = logprob + decode.RULE_WEIGHT × rule_score)."""
+    """One 下联 with its score breakdown (score = logprob + decode.RULE_WEIGHT × rule_score - calibration, then the
+    reranking terms below where they are on)."""
 
     text: str
     score: float
@@ -69,6 +71,9 @@ class Candidate:
     rule_score: float
     """Fraction of rhythm positions whose tones oppose the 上联's (decode.RULE_NEUTRAL when none count)."""
     checks: FormChecks
+    calibration: float = 0.0
+    """What the model's calibration took off the score: calibration_weight × the mean penalty of the 下联's
+    characters (duilian.calibrate; 0 without one): lines of characters the model over-writes (宏图, 和谐) rank lower."""
     unknown: tuple[str, ...] = ()
     """Characters of the 上联 the model does not know: it read them as [UNK] (form and tones still use them)."""
     hengpi: tuple[Hengpi, ...] = ()
@@ -86,8 +91,9 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
-                "reverse": self.reverse, "prior": self.prior, "pos": self.pos, "valid": self.checks.valid,
-                "checks": self.checks.to_dict(), "unknown": list(self.unknown), **_hengpi_dict(self.hengpi)}
+                "calibration": self.calibration, "reverse": self.reverse, "prior": self.prior, "pos": self.pos,
+                "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown),
+                **_hengpi_dict(self.hengpi)}
 
 
 @dataclass
@@ -143,6 +149,10 @@ class Options:
     lm_weight: float | None = None
     """β of the anti-LM term, score - β · log P(下联) read as a line from [CLS] (per token): a line likely whatever
     the 上联 (万象新, 步步高) counts less. None: the model's default (config.json "duilian"), else 0."""
+    calibration_weight: float | None = None
+    """Weight of the model's calibration (duilian.calibrate): each character the model writes far more often than
+    people do costs weight × its penalty, in the beam search and the ranking. None: the model's own (config.json
+    "duilian" → "calibration"), 0 for a model without one; 0: off."""
     reverse_weight: float | None = None
     """λ of the noisy-channel ranking, score + λ · log P(上联 | 下联) (per token): a 下联 from which the 上联 can be
     recovered answers it; a generic one does not. None: the model's own default (config.json "duilian"), 0 for a
@@ -157,6 +167,9 @@ class Options:
             raise ValueError(f"reverse_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.reverse_weight}")
         if self.lm_weight is not None and not 0 <= self.lm_weight <= MAX_REVERSE_WEIGHT:
             raise ValueError(f"lm_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.lm_weight}")
+        if self.calibration_weight is not None and not 0 <= self.calibration_weight <= MAX_CALIBRATION_WEIGHT:
+            raise ValueError(f"calibration_weight must be between 0 and {MAX_CALIBRATION_WEIGHT:g}, "
+                             f"not {self.calibration_weight}")
 
     def search(self) -> decode.Search:
         return decode.Search(method=self.method, n=self.n, temperature=self.temperature, top_k=self.top_k,
@@ -233,6 +246,8 @@ class Couplets:
         self.quantize = quantize
         """None, or "int8": the weights the decoder runs with (gpt.QUANTIZE)."""
         self.net = model.for_decoding(self.vocab.ids, quantize=quantize)
+        self.penalty = self._penalty()
+        """[V'] each emittable token's calibration penalty (duilian.calibrate), None for a model without a table."""
         # score() uses the model's own weights, whatever the decoder runs with.
         self._scorer = self.net if quantize is None else None
 
@@ -294,7 +309,7 @@ class Couplets:
         reranked = bool(weight or lm_weight)
         if reranked and search.method == "sample" and search.first == "beam" and not search.greedy:
             search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
-        hyps = decode.generate(self.net, self.vocab, specs, search)
+        hyps = decode.generate(self.net, self.vocab, specs, search, bias=self.calibration_bias(opts))
         none = [[None] * len(hs) for hs in hyps]
         reverse = self._reverse(lines, hyps) if weight else none
         prior = self._line_prior(hyps) if lm_weight else none
@@ -324,6 +339,32 @@ class Couplets:
         if opts.lm_weight is not None:
             return float(opts.lm_weight)
         return float((self.model.config.duilian or {}).get("lm_weight", 0.0))
+
+    def calibration_weight(self, opts: "Options") -> float:
+        """The calibration weight these options ask for: theirs, else the model's own; 0 for a model without a
+        table."""
+        if self.penalty is None:
+            return 0.0
+        if opts.calibration_weight is not None:
+            return float(opts.calibration_weight)
+        return float(self.model.config.duilian["calibration"].get("weight", 0.0))
+
+    def calibration_bias(self, opts: "Options") -> torch.Tensor | None:
+        """decode.generate's `bias` for these options: -weight × penalty, None when the weight is 0."""
+        weight = self.calibration_weight(opts)
+        return -weight * self.penalty if weight else None
+
+    def _penalty(self) -> torch.Tensor | None:
+        table = ((self.model.config.duilian or {}).get("calibration") or {}).get("penalty")
+        if not table:
+            return None
+        penalty = torch.zeros(len(self.vocab), device=self.device)
+        for ch, value in table.items():
+            i = self.tokenizer.index.get(ch)
+            sub = int(self.vocab.to_sub[i]) if i is not None else -1
+            if sub >= 0:  # a character the decoder never writes (traditional, or not in this vocabulary) is moot
+                penalty[sub] = float(value)
+        return penalty
 
     def _line_prior(self, hyps: list[list[decode.Hypothesis]]) -> list[list[float]]:
         """Per hypothesis, the mean log-prob of the 下联's tokens and the '-' after it read as a line from [CLS]: how
@@ -375,7 +416,9 @@ class Couplets:
         checks = check_pair(line.text, text, allow_upper_chars=opts.allow_upper_chars, forms=char_forms)
         score = h.score + (weight * reverse if reverse is not None else 0.0) - (lm_weight * prior if prior is not None
                                                                                 else 0.0)
+        calibration = h.logprob + decode.RULE_WEIGHT * h.rule_score - h.score  # what the bias took off
         return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score, checks=checks,
+                         calibration=calibration if abs(calibration) > 1e-6 else 0.0,
                          unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script),
                          reverse=reverse, prior=prior, pos=parallelism(line.model_text, lower) if opts.pos else None)
 

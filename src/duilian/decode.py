@@ -29,7 +29,9 @@ Sampling draws from the model's distribution over what the masks allow. Candidat
 per-token log-prob, each token's among all Han characters (and the punctuation mark forced there), not
 renormalised over what the masks leave: a forced 重字 copy, a forced comma or a forbidden character the model
 wanted costs what the model says, so lines that fit the form of their own accord rank first; plus RULE_WEIGHT
-× rule score (fraction of rhythm positions whose tones oppose the 上联's).
+× rule score (fraction of rhythm positions whose tones oppose the 上联's); plus, where the caller gives one, a
+per-token `bias` (api's calibration: characters the model writes far more often than people do cost more). The
+bias steers the beam and the ranking, never what a sample draws from, and is kept out of the reported log-prob.
 """
 
 from __future__ import annotations
@@ -246,6 +248,7 @@ class Hypothesis:
     masks decide what is written, not how it counts; _write)."""
     rule_score: float
     score: float
+    """logprob + the mean bias of its tokens (generate's `bias`, 0 without one) + RULE_WEIGHT × rule_score."""
     beam: bool = False
     """Found by beam search (else sampled): a reranker may pick its lead among the beams, then keeps the samples,
     which differ more from each other, for the rest."""
@@ -467,7 +470,8 @@ def _sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return probs.gather(1, order), order
 
 
-def generate(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
+def generate(net, vocab: Vocab, specs: list[LineSpec], search: Search,
+             bias: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Write candidates for each spec -> per spec, up to search.n distinct hypotheses, best first.
 
     net: a gpt.GPT made for decoding (GPT.for_decoding(vocab.ids), whose output layer computes the vocabulary's
@@ -476,20 +480,24 @@ def generate(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[l
     (LineSpec.temperature, top_k, top_p), but greedy and sampled lines change the search's shape (one row per line,
     no lead beam), so a line's temperature must be greedy exactly when the search's is. A line no longer `wanted` is
     left out, or leaves its pass at the next step; it gets [].
+    bias: [V'] added to each written token's score (the beam grows by it, lines rank by it); samples still draw
+    from the model's distribution, and Hypothesis.logprob leaves it out. None: no bias.
     """
+    if bias is not None and bias.shape != vocab.ids.shape:
+        raise ValueError(f"bias has shape {tuple(bias.shape)}, the sub-vocabulary {tuple(vocab.ids.shape)}")
     if search.method == "sample":
         for s in specs:
             if s.temperature is not None and (s.temperature < GREEDY_BELOW) != search.greedy:
                 raise ValueError(f"a line's temperature {s.temperature} and the search's {search.temperature} are "
                                  f"not both greedy (below {GREEDY_BELOW:g}) or both sampled: decode them apart")
     if search.method == "sample" and search.first == "beam" and not search.greedy:
-        return _beam_then_samples(net, vocab, specs, search)
+        return _beam_then_samples(net, vocab, specs, search, bias)
     results: list[list[Hypothesis]] = [[] for _ in specs]
     device = vocab.ids.device
     run = _beam if search.method == "beam" else _sample
     with torch.inference_mode():
         for chunk in _chunks(specs, 1 if search.greedy else search.n):
-            for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device)):
+            for i, hyps in zip(chunk, run(net, vocab, [specs[i] for i in chunk], search, device, bias=bias)):
                 results[i] = hyps if _wanted(specs[i]) else []
     return results
 
@@ -536,7 +544,8 @@ def _withdrawn(specs: list[LineSpec]) -> Callable[[], list[int]] | None:
     return lambda: [b for b, wanted in asks if not wanted()]
 
 
-def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search) -> list[list[Hypothesis]]:
+def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search,
+                       bias: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """Search(first="beam"): per line, the best `search.leads` lines of a LEAD_BEAM-wide beam search, then up to
     n - 1 samples that differ from them, best first (n are drawn, so repeats of the leads still leave n - 1). Both
     searches start from one prefill of each chunk's prompts."""
@@ -547,8 +556,9 @@ def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search)
         for chunk in _chunks(specs, max(LEAD_BEAM, search.n)):
             lines = [specs[i] for i in chunk]
             start = _start(net, lines)  # each search expands it to its own rows (a copy): it stays as prefilled
-            leads = _beam(net, vocab, lines, lead_search, device, start)
-            samples = _sample(net, vocab, lines, sample_search, device, start) if search.n > 1 else [[]] * len(lines)
+            leads = _beam(net, vocab, lines, lead_search, device, start, bias)
+            samples = (_sample(net, vocab, lines, sample_search, device, start, bias) if search.n > 1
+                       else [[]] * len(lines))
             for i, lead, rest in zip(chunk, leads, samples):
                 head = lead[:search.leads]
                 if _wanted(specs[i]):
@@ -559,12 +569,13 @@ def _beam_then_samples(net, vocab: Vocab, specs: list[LineSpec], search: Search)
 
 
 def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length: int, choose,
-           withdrawn: Callable[[], list[int]] | None = None):
+           withdrawn: Callable[[], list[int]] | None = None, bias: torch.Tensor | None = None):
     """The decoding loop shared by sampling and beam search.
 
     choose(t, logp [R_t, V'], score [R_t, V'], live [R_t]) -> (parent or None, token [R_t]) for the live rows
     (global indices `live`): logp is the model's distribution over the allowed tokens (what a sample draws from),
-    score each allowed token's log-prob among all Han characters (what a line scores; -inf where not allowed).
+    score each allowed token's log-prob among all Han characters, plus `bias` (what a line scores; -inf where not
+    allowed).
     parent (local indices into the live rows) reorders them (beams, within each line) first.
     A row leaves the batch once its line is written, so shorter lines cost nothing after their end (and need no
     cache room past it: GPT.start sizes each prompt-length run's cache to its own longest line).
@@ -603,6 +614,8 @@ def _write(state, logits, rules: Rules, vocab: Vocab, rows: torch.Tensor, length
         # that changed: preferred 44 to 19; the model card has the table.)
         written = torch.where(vocab.han[None, :] | allowed, logits, -math.inf)
         score = torch.where(allowed, torch.log_softmax(written, dim=1), -math.inf)
+        if bias is not None:
+            score = score + bias
         parent, token = choose(t, logp, score, live)
         if parent is not None:  # beams: the rows of each line are reordered among themselves
             if whole:
@@ -628,7 +641,7 @@ def _start(net, specs: list[LineSpec]):
     return net.start([s.prompt for s in specs], [s.length for s in specs])
 
 
-def _sample(net, vocab, specs, search, device, start=None):
+def _sample(net, vocab, specs, search, device, start=None, bias=None):
     """Sampled candidates for each spec; `start`: its prompts already prefilled (_start), else prefilled here."""
     B, L = len(specs), max(s.length for s in specs)
     rules = Rules.build(specs, vocab).to(device)
@@ -663,16 +676,16 @@ def _sample(net, vocab, specs, search, device, start=None):
             return None, token
 
         out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose,
-                     withdrawn=withdrawn)
+                     withdrawn=withdrawn, bias=bias)
         done = torch.ones_like(rows, dtype=torch.bool)
         if withdrawn is not None:  # rows of lines withdrawn while they were written are unfinished
             done = ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
-        _collect(found, rows[done], out[done], (logp_sum / rules.lengths[rows])[done], rules, vocab)
+        _collect(found, rows[done], out[done], (logp_sum / rules.lengths[rows])[done], rules, vocab, bias)
         counts = [0 if len(f) >= want else 2 * (want - len(f)) for f in found]
     return [sorted(f.values(), key=lambda h: -h.score)[:want] for f in found]
 
 
-def _beam(net, vocab, specs, search, device, start=None):
+def _beam(net, vocab, specs, search, device, start=None, bias=None):
     """Beam search's candidates for each spec; `start`: its prompts already prefilled (_start), else here."""
     B, L, W = len(specs), max(s.length for s in specs), search.n
     rules = Rules.build(specs, vocab).to(device)
@@ -693,20 +706,27 @@ def _beam(net, vocab, specs, search, device, start=None):
     withdrawn = _withdrawn(specs)
     # A written line's beams leave the batch: past its end they would only write fillers, which add nothing to
     # their scores.
-    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose, withdrawn=withdrawn)
+    out = _write(state.select(rows), logits.index_select(0, rows), rules, vocab, rows, L, choose, withdrawn=withdrawn,
+                 bias=bias)
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
     alive = torch.isfinite(beam.view(-1))
     if withdrawn is not None:  # a withdrawn line's beams are unfinished
         alive &= ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
-    _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab,
+    _collect(found, rows[alive], out[alive], beam.view(-1)[alive] / rules.lengths[rows[alive]], rules, vocab, bias,
              beam=True)
     return [sorted(f.values(), key=lambda h: -h.score)[:W] for f in found]
 
 
-def _collect(found, rows, out, logprob, rules, vocab, beam: bool = False):
-    """Add finished rows to found[line] as Hypotheses (deduplicated by tokens)."""
+def _collect(found, rows, out, scored, rules, vocab, bias=None, beam: bool = False):
+    """Add finished rows to found[line] as Hypotheses (deduplicated by tokens). scored: each row's mean written
+    score (its tokens' log-probs plus their bias)."""
     rule = rule_scores(rules, vocab, rows, out)
-    score = logprob + RULE_WEIGHT * rule
+    score = scored + RULE_WEIGHT * rule
+    logprob = scored
+    if bias is not None:  # the log-prob reported is the model's alone
+        length = rules.lengths[rows]
+        inside = torch.arange(out.shape[1], device=out.device)[None, :] < length[:, None]
+        logprob = scored - torch.where(inside, bias[out], 0.0).sum(1) / length
     tokens = vocab.ids[out].tolist()
     lengths = rules.lengths[rows].tolist()
     for r, toks, n, lp, rs, sc in zip(rows.tolist(), tokens, lengths, logprob.tolist(), rule.tolist(), score.tolist()):

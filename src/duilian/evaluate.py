@@ -77,6 +77,9 @@ class EvalConfig:
     lm_weight: float | None = knob("anti-LM weight β (api.Options.lm_weight): rank by score - β x the 下联's log-prob "
                                    "read with no 上联; 0 = off; None: the model's own (config.json)", None,
                                    metavar="BETA")
+    calibration_weight: float | None = knob("weight of the model's calibration (api.Options.calibration_weight): "
+                                            "each character it over-writes costs W x its penalty; 0 = off; None: "
+                                            "the model's own", None, metavar="W")
     reverse_weight: float | None = knob("noisy-channel weight λ (api.Options.reverse_weight): rank by score + λ x "
                                         "log P(上联 | 下联), for a model trained with --directions both; 0 = off; "
                                         "None: the model's own", None, metavar="LAMBDA")
@@ -207,7 +210,7 @@ VARIETY_OVER = 5
 
 def _decode_options(config: EvalConfig) -> dict:
     common = {"allow_upper_chars": config.allow_upper_chars, "lm_weight": config.lm_weight,
-              "reverse_weight": config.reverse_weight}
+              "reverse_weight": config.reverse_weight, "calibration_weight": config.calibration_weight}
     if config.method == "beam":
         return {"method": "beam", **common}
     if config.method == "greedy":

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import compose, themes
-from .api import ACROSTIC_LOWERS, HENGPI_OFFERED, MAX_REVERSE_WEIGHT
+from .api import ACROSTIC_LOWERS, HENGPI_OFFERED, MAX_CALIBRATION_WEIGHT, MAX_REVERSE_WEIGHT
 from .decode import GREEDY_BELOW, MAX_TEMPERATURE  # the decoder's own temperature range: one source of truth
 from .knobs import knob
 from .text import MAX_CHARS, CoupletInputError, is_han, normalize
@@ -208,6 +208,10 @@ class CoupletRequest(DecodeOptions):
     lm_weight: float | None = Field(
         None, ge=0, le=MAX_REVERSE_WEIGHT, description="anti-LM weight β: a 下联 likely whatever the 上联 (万象新) "
                                                        "counts less; 0: off; null: the model's own default")
+    calibration_weight: float | None = Field(
+        None, ge=0, le=MAX_CALIBRATION_WEIGHT, description="weight of the model's calibration: a character it writes "
+                                                           "far more often than people do costs more; 0: off; "
+                                                           "null: the model's own")
     reverse_weight: float | None = Field(
         None, ge=0, le=MAX_REVERSE_WEIGHT, description="noisy-channel weight λ: + λ log P(上联 | 下联), for a model "
                                                        "trained both ways; 0: off; null: the model's own default")

@@ -557,7 +557,8 @@ def test_a_withdrawn_line_leaves_the_pass_at_the_next_step(couplets, search):
     got = decode.generate(counting, couplets.vocab, [specs[0], replace(specs[1], wanted=wanted), specs[2]], search)
     assert got[1] == [] and [[h.tokens for h in hs] for hs in (got[0], got[2])] == \
         [[h.tokens for h in hs] for hs in expected]
-    rows = decode.LEAD_BEAM if search.first == "beam" else search.n  # its rows in the first pass
+    # its rows in the first pass (its 上联 repeats 春: a sampled line with a 重字 copy draws COPY_DRAWS times the rows)
+    rows = decode.LEAD_BEAM if search.first == "beam" else search.n * decode.COPY_DRAWS
     assert counting.row_steps <= plain.row_steps + rows * leave_after  # it left after its first steps
     assert full.row_steps >= plain.row_steps + search.n * (len(uppers[1]) - 1)  # what staying would cost
     # Withdrawn before the pass: never prefilled, never stepped.
@@ -624,3 +625,52 @@ def test_a_bias_steers_the_beam_and_stays_out_of_the_log_prob(couplets, vocab):
             assert a.score == pytest.approx(b.score - 1.0, abs=1e-5)
     with pytest.raises(ValueError, match="sub-vocabulary"):
         decode.generate(couplets.net, vocab, [spec], search, bias=torch.zeros(3))
+
+
+class _EchoNet:
+    """The tiny model made to start with one character (`lead` nats ahead of the rest) and to repeat whatever it
+    has just written (+`echo` nats), except that character, which it will not write twice (-`echo` nats)."""
+
+    def __init__(self, net, vocab, vocab_id: int, lead: float, echo: float):
+        self.net, self.vocab, self.id, self.lead, self.echo = net, vocab, vocab_id, lead, echo
+
+    def start(self, prompts, new_tokens):
+        state, logits = self.net.start(prompts, new_tokens)
+        logits = logits.clone()
+        logits[:, int(self.vocab.to_sub[self.id])] += self.lead
+        return _EchoState(self, state), logits
+
+
+class _EchoState:
+    def __init__(self, owner, state):
+        self.owner, self.state = owner, state
+
+    def select(self, index):
+        return _EchoState(self.owner, self.state.select(index))
+
+    def step(self, tokens):
+        logits = self.state.step(tokens).clone()
+        sign = torch.where(tokens == self.owner.id, -1.0, 1.0)
+        logits[torch.arange(len(tokens)), self.owner.vocab.to_sub[tokens]] += sign * self.owner.echo
+        return logits
+
+
+def test_a_sample_keeps_the_copies_the_model_would_make(couplets, vocab, monkeypatch):
+    """A sample picks a character before its 重字 copy is forced. 杜 is this model's likeliest first character
+    (about 30%), and the one it will not double; any other it doubles gladly. Sampling that keeps what it draws
+    writes 杜杜 now and then; resampling by the copies' probability (COPY_DRAWS rows per candidate) does not."""
+    spec = replace(couplets.lower_spec("风风雨雨", Options()), seed=0)
+    z = default_tokenizer().encode_chars("杜")[0]
+    net = _EchoNet(couplets.net, vocab, z, lead=8.0, echo=12.0)
+    search = decode.Search(n=8)  # every candidate sampled
+    got = decode.generate(net, vocab, [spec], search)[0]
+    assert len(got) == 8 and not any(h.tokens[:2] == [z, z] for h in got)
+    assert all(h.tokens[0] == h.tokens[1] and h.tokens[2] == h.tokens[3] for h in got)  # the form, as always
+    monkeypatch.setattr(decode, "COPY_DRAWS", 1)  # what is drawn is kept, as before
+    kept_all = decode.generate(net, vocab, [spec], search)[0]
+    assert sum(h.tokens[:2] == [z, z] for h in kept_all) >= 1
+    # a line without a copy draws as before: the same lines, whatever COPY_DRAWS is
+    plain = replace(couplets.lower_spec("丹枫江冷人初去", Options()), seed=0)
+    once = decode.generate(net, vocab, [plain], search)[0]
+    monkeypatch.setattr(decode, "COPY_DRAWS", 4)
+    assert [h.tokens for h in decode.generate(net, vocab, [plain], search)[0]] == [h.tokens for h in once]

@@ -19,7 +19,8 @@ dropped for that row, softest first, so the row still gets a single Han characte
 
 Search is sampling (temperature, top-k, top-p; one uniform draw per row per step, from a generator seeded per
 line so a seeded request gives the same output whatever else is in the batch; lines whose samples repeat
-are topped up with more draws) or beam search (the beams are distinct by construction). Lines of any length
+are topped up with more draws; a line with a 重字 copy draws more rows and keeps those whose forced copies the
+model finds likely, in proportion) or beam search (the beams are distinct by construction). Lines of any length
 are decoded together: the matmuls take all rows at once, attention runs per run of equal prompt lengths
 (each with its own KV cache: no padding, no mask), so each line computes what it would alone. A line that
 is written leaves the batch (a sampled row, or all the beams of a line), so a short line costs nothing after
@@ -67,6 +68,9 @@ LEAD_BEAM = 5
 scored higher BLEU than beam 10's (benchmarks/decoding_settings.py)."""
 FIRSTS = ("sample", "greedy", "beam")
 SAMPLE_ROUNDS = 3
+COPY_DRAWS = 4
+"""A sampled line with a 重字 copy draws this many rows per candidate and keeps the ones whose copies the model
+finds likeliest, in proportion (_sample)."""
 """Sampling draws n rows per line, then up to SAMPLE_ROUNDS - 1 more rounds (twice the number still
 missing) for lines whose samples were duplicates."""
 
@@ -642,15 +646,25 @@ def _start(net, specs: list[LineSpec]):
 
 
 def _sample(net, vocab, specs, search, device, start=None, bias=None):
-    """Sampled candidates for each spec; `start`: its prompts already prefilled (_start), else prefilled here."""
+    """Sampled candidates for each spec; `start`: its prompts already prefilled (_start), else prefilled here.
+
+    A 重字 copy is forced, so a sample picks a character before it knows it must write it twice (欢欢喜喜 ->
+    富富图图). A line with copies draws COPY_DRAWS times the rows it needs, and keeps as many as it needs, chosen
+    in proportion to the probability the model gives their forced copies (sampling-importance-resampling, without
+    replacement by Gumbel-top-k): the kept lines follow the model's own distribution of lines that make those
+    copies, instead of the one that is forced into them. A line still short of candidates after SAMPLE_ROUNDS
+    takes the rows it left, best first: each is right in form."""
     B, L = len(specs), max(s.length for s in specs)
     rules = Rules.build(specs, vocab).to(device)
     state0, logits0 = start or _start(net, specs)
     gens = [torch.Generator().manual_seed(s.seed) if s.seed is not None else None for s in specs]
     found: list[dict[tuple, Hypothesis]] = [{} for _ in specs]
+    left: list[dict[tuple, Hypothesis]] = [{} for _ in specs]  # rows the resampling did not keep
+    copies = rules.repeat_of != torch.arange(L, device=device)[None, :]  # (B, L): a position copying an earlier one
+    draws = [1 if search.greedy or not c else COPY_DRAWS for c in copies.any(1).tolist()]
     greedy = search.greedy
     want = 1 if greedy else search.n
-    counts = [want] * B
+    counts = [want * d for d in draws]
     options = Sampling.of(specs, search, device)  # (B,) each line's temperature, top-k, top-p
     withdrawn = _withdrawn(specs)
     for round_ in range(1 if greedy else SAMPLE_ROUNDS):
@@ -663,6 +677,10 @@ def _sample(net, vocab, specs, search, device, start=None, bias=None):
         # One uniform per row and position, drawn from the line's own generator: batch-independent.
         u = torch.cat([F.pad(torch.rand(k, s.length, generator=g), (0, L - s.length))
                        for k, g, s in zip(counts, gens, specs) if k]).to(device)
+        # And one per row of a line with a copy, for choosing among its rows.
+        keep_u = torch.cat([torch.rand(k, generator=g) if d > 1 else torch.zeros(k)
+                            for k, g, d in zip(counts, gens, draws) if k]).to(device)
+        copy_logp = torch.zeros(rows.numel(), device=device)  # (R,) the model's log-prob of the row's forced copies
         logp_sum = torch.zeros(rows.numel(), device=device)
         argmax_row = torch.zeros(rows.numel(), dtype=torch.bool, device=device)  # (R,) rows written greedily
         if search.first == "greedy" and round_ == 0:
@@ -672,7 +690,10 @@ def _sample(net, vocab, specs, search, device, start=None, bias=None):
         def choose(t, logp, score, live):
             token = pick(logp, u[live, t], search, row_options.take(live))
             token = torch.where(argmax_row[live], logp.argmax(dim=1), token)
-            logp_sum.index_add_(0, live, score.gather(1, token[:, None])[:, 0])
+            scored = score.gather(1, token[:, None])[:, 0]
+            logp_sum.index_add_(0, live, scored)
+            model = scored - bias[token] if bias is not None else scored
+            copy_logp.index_add_(0, live, torch.where(copies[rows[live], t], model, 0.0))
             return None, token
 
         out = _write(state0.select(rows), logits0.index_select(0, rows), rules, vocab, rows, L, choose,
@@ -680,9 +701,33 @@ def _sample(net, vocab, specs, search, device, start=None, bias=None):
         done = torch.ones_like(rows, dtype=torch.bool)
         if withdrawn is not None:  # rows of lines withdrawn while they were written are unfinished
             done = ~torch.isin(rows, torch.tensor(withdrawn(), dtype=torch.long, device=device))
-        _collect(found, rows[done], out[done], (logp_sum / rules.lengths[rows])[done], rules, vocab, bias)
-        counts = [0 if len(f) >= want else 2 * (want - len(f)) for f in found]
+        kept = done & _resample(rows, copy_logp, keep_u, argmax_row, [max(0, k // d) for k, d in zip(counts, draws)])
+        scored, other = logp_sum / rules.lengths[rows], done & ~kept
+        _collect(found, rows[kept], out[kept], scored[kept], rules, vocab, bias)
+        _collect(left, rows[other], out[other], scored[other], rules, vocab, bias)
+        counts = [0 if len(f) >= want else 2 * (want - len(f)) * d for f, d in zip(found, draws)]
+    for f, spare in zip(found, left):
+        for key, h in sorted(spare.items(), key=lambda kv: -kv[1].score):
+            if len(f) >= want:
+                break
+            f.setdefault(key, h)
     return [sorted(f.values(), key=lambda h: -h.score)[:want] for f in found]
+
+
+def _resample(rows, copy_logp, u, first, wanted: list[int]) -> torch.Tensor:
+    """[R] bool: the rows each line keeps. A line whose rows carry no uniform (u = 0: no copy) keeps them all;
+    another keeps wanted[line] of them, drawn without replacement in proportion to exp(copy_logp) (Gumbel-top-k:
+    the largest copy_logp + Gumbel noise made from u), its greedy first row (first) always among them."""
+    keep = torch.ones_like(rows, dtype=torch.bool)
+    chosen = u > 0
+    if not bool(chosen.any()):
+        return keep
+    key = torch.where(first, math.inf, copy_logp - torch.log(-torch.log(u.clamp(min=1e-12, max=1 - 1e-7))))
+    for line in rows[chosen].unique().tolist():
+        mine = (rows == line).nonzero()[:, 0]
+        keep[mine] = False
+        keep[mine[key[mine].topk(min(wanted[line], mine.numel())).indices]] = True
+    return keep
 
 
 def _beam(net, vocab, specs, search, device, start=None, bias=None):

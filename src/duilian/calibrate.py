@@ -1,8 +1,8 @@
 """Calibration: the characters a model writes far more often than people do, and what each costs in the search.
 
-Beam search seeks the likeliest line, and a small model's likeliest lines lean on a few safe characters: mini-f's
-first candidates use 崛 (崛起), 逍 (逍遥), 徘徊, 寂寞, 和谐, 宏图, 辉煌 three to nine times as often as the human
-下联 of its own training corpus do, and the same endings (展宏图, 总关情, 入画图) answer many different 上联.
+Beam search seeks the likeliest line, and a small model's likeliest lines lean on a few safe characters: mini-g's
+first candidates use 崛 (崛起), 寞 (寂寞), 焕, 宏 (宏图), 谐 (和谐), 绣 (锦绣) four to ten times as often as the human
+下联 of its own training corpus do, and the same endings (展宏图, 总关情) answer many different 上联.
 A penalty per character that the model over-writes, measured once per model, corrects that bias:
 
     penalty[c] = max(0, log(q_c / p_c))     for characters c the model wrote at least `min_count` times
@@ -15,10 +15,11 @@ character the model writes less often than people is not pushed, so no rare char
 The search adds -weight × penalty[c] to the score of each character c it writes (decode.generate's `bias`): the
 beam and the ranking move away from the over-written characters, samples still draw from the model, and the
 log-prob a candidate reports is the model's own. The table and its weight live in the model's config.json
-("duilian" → "calibration"), so a model carries its own; `duilian calibrate` writes them. On mini-f, 800
-validation pairs per split, weight 0.3-0.6 raised modern BLEU-4 from 3.74 to 3.93 and distinct-2 of the first
-candidates from 0.637 to 0.69, with classical BLEU-4 unchanged and its distinct-2 up (the model card has the
-sweep, `benchmarks/calibration_sweep.py`).
+("duilian" → "calibration"), so a model carries its own; `duilian calibrate` writes them. On mini-g at weight
+0.7 (the default model's), distinct-2 of the first candidates rose from 0.448 to 0.502 on the public test split
+and from 0.650 to 0.709 on the classical one, BLEU-4 moved within noise (3.20 → 3.18, 0.72 → 0.77), and a blind
+judge preferred the calibrated line in 108 of the 197 that changed (the model card has the sweep,
+`benchmarks/calibration_sweep.py`, and the judge's split by source).
 """
 
 from __future__ import annotations

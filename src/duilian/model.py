@@ -56,6 +56,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(n_layer=2, n_embd=64, n_head=2, n_positions=128),  # tests: trains in seconds
     "mini": Preset(n_layer=4, n_embd=256, n_head=4, n_positions=128),  # ~8.6M params, ~17 MB fp16
+    # mini grown two blocks deeper (`--init-from` a mini model: block expansion keeps its function at step 0)
+    "mini6": Preset(n_layer=6, n_embd=256, n_head=4, n_positions=128),
     "small": Preset(n_layer=6, n_embd=384, n_head=6, n_positions=128),  # ~19M params, ~38 MB fp16
     "base": Preset(n_layer=12, n_embd=768, n_head=12, n_positions=1024),  # the seed: ~102M params
 }

@@ -75,8 +75,8 @@ class TrainConfig:
     out: str = knob("run directory: checkpoints/, metrics.jsonl, loss.png, config.json and final.pt go here",
                     metavar="RUN_DIR")
 
-    preset: str = knob("model shape, a key of duilian.model.PRESETS: tiny, mini, small or base; empty means base "
-                       "(the seed's GPT-2), or with --init-from that model's own shape", "", group="model")
+    preset: str = knob("model shape, a key of duilian.model.PRESETS: tiny, mini, mini6, small or base; empty means "
+                       "base (the seed's GPT-2), or with --init-from that model's own shape", "", group="model")
     init_from: str = knob("a HuggingFace GPT-2 directory (a duilian export, the default model, the seed's converted "
                           "model) whose weights start the run; embedding rows are matched by token; optimizer and "
                           "schedule start afresh", "", metavar="MODEL_DIR")

@@ -17,7 +17,7 @@ def main() -> None:
     c = duilian.load()
     generate, bias = decode.generate, {"now": None}
 
-    def with_bias(net, vocab, specs, search, bias_=None):
+    def with_bias(net, vocab, specs, search):
         return generate(net, vocab, specs, search, bias=bias["now"])
 
     decode.generate = with_bias  # acrostic calls decode.generate for the 上联 and then the 下联

@@ -243,3 +243,5 @@ def test_generate_ranking_weights_reach_the_ranking(model_dir, capsys):
     assert [c["score"] for c in cands] == sorted((c["score"] for c in cands), reverse=True)
     assert main([*base, "--lm-weight", "-1"]) == 2
     assert "lm_weight" in capsys.readouterr().err
+    assert main([*base, "--pair-weight", "9"]) == 2
+    assert "pair_weight" in capsys.readouterr().err

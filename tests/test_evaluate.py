@@ -333,7 +333,7 @@ def test_evaluate_glue_with_a_stand_in_api(tmp_path, monkeypatch):
     assert [len(c[0]) for c in fake.calls] == [2, 2]
     assert fake.calls[0][1] == 3
     assert fake.calls[0][2] == {"method": "sample", "temperature": 0.0, "allow_upper_chars": False, "lm_weight": None,
-                                "reverse_weight": None, "calibration_weight": None}
+                                "reverse_weight": None, "calibration_weight": None, "pair_weight": None}
     # the candidates: the fake gives 2 per 上联 (the reference and "x") but none for the first
     assert report["candidates"]["per_upper"] == pytest.approx((0 + 2 + 2 + 2) / 4)
     assert report["candidates"]["distinct_2"] == pytest.approx(1.0)  # "x" has no bigram; the reference's are distinct

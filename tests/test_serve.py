@@ -1112,3 +1112,8 @@ def test_ranking_weights_are_options_of_a_couplet_request(client):
         assert r.status_code == 422 and "calibration_weight" in r.text, r.text
     r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "n": 2, "seed": 1, "calibration_weight": 1.0})
     assert r.status_code == 200 and all(c["calibration"] == 0.0 for c in r.json()["candidates"])  # no table
+    for bad in (-0.1, 6):
+        r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "pair_weight": bad})
+        assert r.status_code == 422 and "pair_weight" in r.text, r.text
+    r = client.post("/v1/couplets", json={"upper": "海阔凭鱼跃", "n": 2, "seed": 1, "pair_weight": 1.0})
+    assert r.status_code == 200 and all(c["pairs"] is None for c in r.json()["candidates"])  # no table: no term

@@ -22,6 +22,8 @@ import torch
 from . import decode
 from .calibrate import MAX_WEIGHT as MAX_CALIBRATION_WEIGHT
 from .hengpi import Hengpi
+from .pairs import MAX_WEIGHT as MAX_PAIR_WEIGHT
+from .pairs import PairTable
 from .rules import LEVEL, OBLIQUE, FormChecks, check_pair, decoder_tones, lower_spec, tone_of
 from .script import (
     SCRIPTS,
@@ -88,10 +90,15 @@ class Candidate:
     pos: float | None = None
     """词性对仗: the share of positions whose part-of-speech classes agree (duilian.pos); None unless asked for
     (Options.pos) or when no position counts."""
+    pairs: float | None = None
+    """What the aligned pairs of this 下联 against the 上联 are worth (duilian.pairs: 天 against 地, 辛丑 against
+    丁未, as often as people write them); None unless the pair term ranks (pair_weight > 0): `score` then
+    includes pair_weight × this."""
 
     def to_dict(self) -> dict:
         return {"text": self.text, "score": self.score, "logprob": self.logprob, "rule_score": self.rule_score,
                 "calibration": self.calibration, "reverse": self.reverse, "prior": self.prior, "pos": self.pos,
+                "pairs": self.pairs,
                 "valid": self.checks.valid, "checks": self.checks.to_dict(), "unknown": list(self.unknown),
                 **_hengpi_dict(self.hengpi)}
 
@@ -158,6 +165,10 @@ class Options:
     recovered answers it; a generic one does not. None: the model's own default (config.json "duilian"), 0 for a
     model that never read lines backward; 0: off."""
 
+    pair_weight: float | None = None
+    """Weight of the aligned-pair term (duilian.pairs): score + weight × what the 下联's pairs against the 上联 are
+    worth. None: the model's own (config.json "duilian" → "pairs"), 0 for a model without a table; 0: off."""
+
     def __post_init__(self):
         if self.script not in SCRIPTS:
             raise ValueError(f"script must be one of {', '.join(SCRIPTS)}, not {self.script!r}")
@@ -167,6 +178,8 @@ class Options:
             raise ValueError(f"reverse_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.reverse_weight}")
         if self.lm_weight is not None and not 0 <= self.lm_weight <= MAX_REVERSE_WEIGHT:
             raise ValueError(f"lm_weight must be between 0 and {MAX_REVERSE_WEIGHT}, not {self.lm_weight}")
+        if self.pair_weight is not None and not 0 <= self.pair_weight <= MAX_PAIR_WEIGHT:
+            raise ValueError(f"pair_weight must be between 0 and {MAX_PAIR_WEIGHT:g}, not {self.pair_weight}")
         if self.calibration_weight is not None and not 0 <= self.calibration_weight <= MAX_CALIBRATION_WEIGHT:
             raise ValueError(f"calibration_weight must be between 0 and {MAX_CALIBRATION_WEIGHT:g}, "
                              f"not {self.calibration_weight}")
@@ -200,7 +213,7 @@ def load(model: str | Path | None = None, device: str = "cpu", dtype: torch.dtyp
             hint = "; it looks like a training run: `duilian export --checkpoint RUN --out DIR` first" \
                 if (path / "checkpoints").is_dir() or (path / "final.pt").is_file() else ""
             raise FileNotFoundError(f"{path} is not a HuggingFace model directory{hint}")
-        return Couplets(load_gpt(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize)
+        return Couplets(load_gpt(path, dtype=dtype, device=device), Tokenizer.from_dir(path), quantize, path)
     return Couplets(model.to(device).eval(), quantize=quantize)
 
 
@@ -226,8 +239,11 @@ class Line:
 class Couplets:
     """A model and tokenizer ready to write couplets. Build it with duilian.load()."""
 
-    def __init__(self, model, tokenizer: Tokenizer | None = None, quantize: str | None = None):
-        """model: a gpt.GPT, or a transformers GPT2LMHeadModel (its weights are used as they are, not copied)."""
+    def __init__(self, model, tokenizer: Tokenizer | None = None, quantize: str | None = None,
+                 model_dir: Path | None = None):
+        """model: a gpt.GPT, or a transformers GPT2LMHeadModel (its weights are used as they are, not copied).
+        model_dir: the directory it was read from, where the files config.json names beside the weights live
+        (the aligned-pair table); None: no such files."""
         from .gpt import GPT
 
         if not isinstance(model, GPT):
@@ -245,6 +261,7 @@ class Couplets:
         self.vocab = vocab_tables(self.tokenizer).to(self.device)
         self.quantize = quantize
         """None, or "int8": the weights the decoder runs with (gpt.QUANTIZE)."""
+        self.model_dir = Path(model_dir) if model_dir is not None else None
         self.net = model.for_decoding(self.vocab.ids, quantize=quantize)
         self.penalty = self._penalty()
         """[V'] each emittable token's calibration penalty (duilian.calibrate), None for a model without a table."""
@@ -306,7 +323,8 @@ class Couplets:
         specs = [replace(self.lower_spec(line, opts), seed=s, temperature=t, top_k=k, top_p=p, wanted=w)
                  for line, s, t, k, p, w in zip(lines, seeds, *sampling.values(), wanted)]
         search, weight, lm_weight = opts.search(), self.reverse_weight(opts), self.lm_weight(opts)
-        reranked = bool(weight or lm_weight)
+        pair_weight = self.pair_weight(opts)
+        reranked = bool(weight or lm_weight or pair_weight)
         if reranked and search.method == "sample" and search.first == "beam" and not search.greedy:
             search = replace(search, leads=decode.LEAD_BEAM)  # the beam's alternatives join the pool to rerank
         hyps = decode.generate(self.net, self.vocab, specs, search, bias=self.calibration_bias(opts))
@@ -315,7 +333,9 @@ class Couplets:
         prior = self._line_prior(hyps) if lm_weight else none
         out = []
         for line, hs, rs, ps in zip(lines, hyps, reverse, prior):
-            cands = [self._candidate(line, h, opts, r, weight, p, lm_weight) for h, r, p in zip(hs, rs, ps)]
+            pair = [self._pairs(line, h) for h in hs] if pair_weight else [None] * len(hs)
+            cands = [self._candidate(line, h, opts, r, weight, p, lm_weight, q, pair_weight)
+                     for h, r, p, q in zip(hs, rs, ps, pair)]
             if reranked:
                 ranked = sorted(range(len(cands)), key=lambda i: -cands[i].score)
                 if not whole_pool and search.leads > 1:
@@ -339,6 +359,32 @@ class Couplets:
         if opts.lm_weight is not None:
             return float(opts.lm_weight)
         return float((self.model.config.duilian or {}).get("lm_weight", 0.0))
+
+    def pair_weight(self, opts: "Options") -> float:
+        """The aligned-pair weight these options ask for: theirs, else the model's own; 0 for a model without a
+        table."""
+        if self.pair_table is None:
+            return 0.0
+        if opts.pair_weight is not None:
+            return float(opts.pair_weight)
+        return float(self.model.config.duilian["pairs"].get("weight", 0.0))
+
+    @cached_property
+    def pair_table(self) -> "PairTable | None":
+        """The model's aligned-pair table (duilian.pairs), read at first use; None for a model without one."""
+        info = (self.model.config.duilian or {}).get("pairs") or {}
+        path = self.model_dir / info["file"] if info.get("file") and self.model_dir else None
+        if path is None or not path.is_file():
+            return None
+        table = PairTable.load(path)
+        if table.vocab_size != len(self.tokenizer):
+            raise ValueError(f"{path} counts a vocabulary of {table.vocab_size} tokens, the model has "
+                             f"{len(self.tokenizer)}")
+        return table
+
+    def _pairs(self, line: Line, h: decode.Hypothesis) -> float:
+        bigram = float(self.model.config.duilian["pairs"].get("bigram", 0.0))
+        return self.pair_table.score(self._ids(line.model_text), list(h.tokens), bigram)
 
     def calibration_weight(self, opts: "Options") -> float:
         """The calibration weight these options ask for: theirs, else the model's own; 0 for a model without a
@@ -409,18 +455,21 @@ class Couplets:
         return _same_character_ids(self.tokenizer)
 
     def _candidate(self, line: Line, h: decode.Hypothesis, opts: Options, reverse: float | None = None,
-                   weight: float = 0.0, prior: float | None = None, lm_weight: float = 0.0) -> Candidate:
+                   weight: float = 0.0, prior: float | None = None, lm_weight: float = 0.0,
+                   pairs: float | None = None, pair_weight: float = 0.0) -> Candidate:
         lower = self.tokenizer.decode(h.tokens)  # simplified: the decoder writes only simplified tokens
         text = to_traditional(lower) if line.script == "traditional" else lower
         # Checked against the 上联 the user sent, in both scripts: 云 beside 雲 is a copy.
         checks = check_pair(line.text, text, allow_upper_chars=opts.allow_upper_chars, forms=char_forms)
-        score = h.score + (weight * reverse if reverse is not None else 0.0) - (lm_weight * prior if prior is not None
-                                                                                else 0.0)
+        score = (h.score + (weight * reverse if reverse is not None else 0.0)
+                 - (lm_weight * prior if prior is not None else 0.0)
+                 + (pair_weight * pairs if pairs is not None else 0.0))
         calibration = h.logprob + decode.RULE_WEIGHT * h.rule_score - h.score  # what the bias took off
         return Candidate(text=text, score=score, logprob=h.logprob, rule_score=h.rule_score, checks=checks,
                          calibration=calibration if abs(calibration) > 1e-6 else 0.0,
                          unknown=line.unknown, hengpi=self._hengpi(line.model_text, lower, opts.hengpi, line.script),
-                         reverse=reverse, prior=prior, pos=parallelism(line.model_text, lower) if opts.pos else None)
+                         reverse=reverse, prior=prior, pos=parallelism(line.model_text, lower) if opts.pos else None,
+                         pairs=pairs)
 
     # --- 横批 -------------------------------------------------------------------------------------------------
     def hengpi(self, upper: str, lower: str, k: int = HENGPI_OFFERED) -> list[Hengpi]:

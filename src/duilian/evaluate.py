@@ -77,6 +77,9 @@ class EvalConfig:
     lm_weight: float | None = knob("anti-LM weight β (api.Options.lm_weight): rank by score - β x the 下联's log-prob "
                                    "read with no 上联; 0 = off; None: the model's own (config.json)", None,
                                    metavar="BETA")
+    pair_weight: float | None = knob("weight of the model's aligned-pair table (api.Options.pair_weight): rank by "
+                                     "score + W x the 下联's pair score; 0 = off; None: the model's own", None,
+                                     metavar="W")
     calibration_weight: float | None = knob("weight of the model's calibration (api.Options.calibration_weight): "
                                             "each character it over-writes costs W x its penalty; 0 = off; None: "
                                             "the model's own", None, metavar="W")
@@ -210,7 +213,8 @@ VARIETY_OVER = 5
 
 def _decode_options(config: EvalConfig) -> dict:
     common = {"allow_upper_chars": config.allow_upper_chars, "lm_weight": config.lm_weight,
-              "reverse_weight": config.reverse_weight, "calibration_weight": config.calibration_weight}
+              "reverse_weight": config.reverse_weight, "calibration_weight": config.calibration_weight,
+              "pair_weight": config.pair_weight}
     if config.method == "beam":
         return {"method": "beam", **common}
     if config.method == "greedy":

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import compose, themes
-from .api import ACROSTIC_LOWERS, HENGPI_OFFERED, MAX_CALIBRATION_WEIGHT, MAX_REVERSE_WEIGHT
+from .api import ACROSTIC_LOWERS, HENGPI_OFFERED, MAX_CALIBRATION_WEIGHT, MAX_PAIR_WEIGHT, MAX_REVERSE_WEIGHT
 from .decode import GREEDY_BELOW, MAX_TEMPERATURE  # the decoder's own temperature range: one source of truth
 from .knobs import knob
 from .text import MAX_CHARS, CoupletInputError, is_han, normalize
@@ -215,6 +215,10 @@ class CoupletRequest(DecodeOptions):
     reverse_weight: float | None = Field(
         None, ge=0, le=MAX_REVERSE_WEIGHT, description="noisy-channel weight λ: + λ log P(上联 | 下联), for a model "
                                                        "trained both ways; 0: off; null: the model's own default")
+    pair_weight: float | None = Field(
+        None, ge=0, le=MAX_PAIR_WEIGHT, description="weight of the model's aligned-pair table: a 下联 whose "
+                                                    "characters answer the 上联's as people's do (天 against 地) "
+                                                    "ranks higher; 0: off; null: the model's own")
 
 
 class AcrosticRequest(DecodeOptions):

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a GPT-2 on a prepared dataset (CPU, one GPU, or torchrun)"),
     "export": ("export", "write a training checkpoint as a HuggingFace model directory"),
     "calibrate": ("calibrate", "measure the characters a model over-writes and store their penalties with it"),
+    "pairs": ("pairs", "count the character pairs people put against each other and store the table with a model"),
     "convert": ("convert", "convert GPT-2 weights between UER-py and HuggingFace formats"),
     "generate": ("generate", "write 下联 for a 上联 (or a file of them)"),
     "acrostic": ("acrostic", "write a 嵌字 couplet holding two characters (藏头 by default)"),

@@ -34,6 +34,10 @@ def add_ranking_options(parser: argparse.ArgumentParser) -> None:
                         help="anti-LM weight β: rank by score - β x the 下联's log-prob read with no 上联, so a line "
                              "likely whatever the 上联 (万象新) counts less; 0 = off (default: the model's own, "
                              "config.json)")
+    parser.add_argument("--pair-weight", type=float, default=None, metavar="W",
+                        help="weight of the model's aligned-pair table: rank by score + W x what the 下联's pairs "
+                             "against the 上联 are worth (天 against 地, as often as people write them); 0 = off "
+                             "(default: the model's own, config.json; 0 without a table)")
     parser.add_argument("--calibration-weight", type=float, default=None, metavar="W",
                         help="weight of the model's calibration: each character the model writes far more often "
                              "than people do (宏, 谐) costs W x its penalty in the search; 0 = off (default: the "
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         c = load(args)
         options = {**decode_options(args), "allow_upper_chars": args.allow_upper_chars,
                    "lm_weight": args.lm_weight, "reverse_weight": args.reverse_weight,
-                   "calibration_weight": args.calibration_weight,
+                   "calibration_weight": args.calibration_weight, "pair_weight": args.pair_weight,
                    "require_level_ending": not args.free_ending}
         if args.input:
             return _run_file(c, args, options)

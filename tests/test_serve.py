@@ -130,7 +130,7 @@ def test_options_reach_the_decoder(client, model):
     assert options == {"n": 2, "method": "beam", "temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": [5],
                        "allow_upper_chars": True, "script": "traditional", "hengpi": 0,
                        "first": "greedy", "pos": True, "lm_weight": None, "calibration_weight": None,
-                       "reverse_weight": None}
+                       "reverse_weight": None, "pair_weight": None}
     # one seed per 上联; 词性对仗 always scored; ranking weights left out are null (the model's own)
     # Left out, the first candidate comes from beam search, as in the API.
     assert client.post("/v1/couplets", json={"upper": "春风"}).status_code == 200

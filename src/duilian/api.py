@@ -363,11 +363,16 @@ class Couplets:
     def pair_weight(self, opts: "Options") -> float:
         """The aligned-pair weight these options ask for: theirs, else the model's own; 0 for a model without a
         table."""
-        if self.pair_table is None:
+        return self._own_weight(self.pair_table is not None, opts.pair_weight, "pairs")
+
+    def _own_weight(self, has_table: bool, asked: float | None, section: str) -> float:
+        """A table's weight: the one asked for, else the model's own (config.json "duilian" → section → "weight");
+        0 for a model without the table, whatever was asked."""
+        if not has_table:
             return 0.0
-        if opts.pair_weight is not None:
-            return float(opts.pair_weight)
-        return float(self.model.config.duilian["pairs"].get("weight", 0.0))
+        if asked is not None:
+            return float(asked)
+        return float(self.model.config.duilian[section].get("weight", 0.0))
 
     @cached_property
     def pair_table(self) -> "PairTable | None":
@@ -389,11 +394,7 @@ class Couplets:
     def calibration_weight(self, opts: "Options") -> float:
         """The calibration weight these options ask for: theirs, else the model's own; 0 for a model without a
         table."""
-        if self.penalty is None:
-            return 0.0
-        if opts.calibration_weight is not None:
-            return float(opts.calibration_weight)
-        return float(self.model.config.duilian["calibration"].get("weight", 0.0))
+        return self._own_weight(self.penalty is not None, opts.calibration_weight, "calibration")
 
     def calibration_bias(self, opts: "Options") -> torch.Tensor | None:
         """decode.generate's `bias` for these options: -weight × penalty, None when the weight is 0."""

@@ -333,7 +333,7 @@ class Couplets:
         prior = self._line_prior(hyps) if lm_weight else none
         out = []
         for line, hs, rs, ps in zip(lines, hyps, reverse, prior):
-            pair = [self._pairs(line, h) for h in hs] if pair_weight else [None] * len(hs)
+            pair = self._pairs(line, hs) if pair_weight else [None] * len(hs)
             cands = [self._candidate(line, h, opts, r, weight, p, lm_weight, q, pair_weight)
                      for h, r, p, q in zip(hs, rs, ps, pair)]
             if reranked:
@@ -387,9 +387,10 @@ class Couplets:
                              f"{len(self.tokenizer)}")
         return table
 
-    def _pairs(self, line: Line, h: decode.Hypothesis) -> float:
-        bigram = float(self.model.config.duilian["pairs"].get("bigram", 0.0))
-        return self.pair_table.score(self._ids(line.model_text), list(h.tokens), bigram)
+    def _pairs(self, line: Line, hyps: list[decode.Hypothesis]) -> list[float]:
+        """Per hypothesis, what its pairs against the 上联 are worth (PairTable.score, the model's bigram share)."""
+        upper, bigram = self._ids(line.model_text), float(self.model.config.duilian["pairs"].get("bigram", 0.0))
+        return [self.pair_table.score(upper, list(h.tokens), bigram) for h in hyps]
 
     def calibration_weight(self, opts: "Options") -> float:
         """The calibration weight these options ask for: theirs, else the model's own; 0 for a model without a

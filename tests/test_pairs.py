@@ -3,6 +3,7 @@
 
 import json
 import math
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -141,3 +142,29 @@ def test_the_default_model_carries_a_table_that_reads_its_vocabulary():
     # 天 against 地 is among the commonest pairs people write; 天 against 鸭 is not one
     sky, earth, duck = (c.tokenizer.index[ch] for ch in "天地鸭")
     assert c.pair_table.score([sky], [earth], 0.0) > 1.0 > c.pair_table.score([sky], [duck], 0.0)
+
+
+def test_a_re_export_keeps_the_table(prepared, tmp_path):
+    _, model = prepared
+    if not (model / FILENAME).is_file():
+        assert main(["pairs", "--data", str(prepared[0]), "--model", str(model), "--min-count", "1"]) == 0
+    half = tmp_path / "fp16"
+    assert main(["export", "--checkpoint", str(model), "--out", str(half), "--dtype", "float16"]) == 0
+    assert (half / FILENAME).read_bytes() == (model / FILENAME).read_bytes()
+    assert duilian.load(half).pair_table is not None
+
+
+def test_weight_zero_never_reads_the_table(prepared, tmp_path):
+    """A table of another vocabulary is a clear error when the term ranks, and switching the term off still works."""
+    _, model = prepared
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config.setdefault("duilian", {})["pairs"] = {"file": FILENAME, "weight": 1.0, "bigram": 0.5}
+    (broken / "config.json").write_text(json.dumps(config))
+    PairTable.from_counts(counts_of([([1], [2])]), vocab_size=5, config=PairsConfig(min_count=1)).save(
+        broken / FILENAME)
+    c = duilian.load(broken)
+    with pytest.raises(ValueError, match="vocabulary"):
+        c.complete("海阔凭鱼跃", n=2, seed=0)
+    assert all(cand.pairs is None for cand in c.complete("海阔凭鱼跃", n=2, seed=0, pair_weight=0))

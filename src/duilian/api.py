@@ -363,6 +363,8 @@ class Couplets:
     def pair_weight(self, opts: "Options") -> float:
         """The aligned-pair weight these options ask for: theirs, else the model's own; 0 for a model without a
         table."""
+        if opts.pair_weight == 0:  # off: the table is not even read (a broken one can still be switched off)
+            return 0.0
         return self._own_weight(self.pair_table is not None, opts.pair_weight, "pairs")
 
     def _own_weight(self, has_table: bool, asked: float | None, section: str) -> float:

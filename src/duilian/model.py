@@ -210,8 +210,10 @@ def grown_layers(source: int, target: int) -> list[tuple[int, bool]]:
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 """A Hugging Face Hub model id, owner/name (uer/gpt2-chinese-couplet)."""
-HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
-"""What a GPT-2 needs from a Hub repository: no tokenizer.json, TensorFlow or Flax weights."""
+HUB_FILES = ["config.json", "vocab.txt", "*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+             "pairs.npz"]
+"""What a GPT-2 needs from a Hub repository (and a duilian model's aligned-pair table): no tokenizer.json,
+TensorFlow or Flax weights."""
 
 
 def model_dir(name: str | Path) -> Path:

@@ -11,8 +11,9 @@ c(x, y): how often the 下联 puts y where the 上联 has x (characters, and pai
 against 人, 风, 春) is worth little, K the smoothing. That is the log of P(y | x) / P(y) under add-K smoothing
 towards P(y), less its value for an unseen pair, which depends on x alone and so is the same for every candidate
 of one 上联: the term ranks candidates exactly as the smoothed pointwise mutual information does, and a table
-keeps only the pairs it has seen (at least `min_count` times). A candidate's pair score is the mean over its
-positions of the character values plus `bigram` × the mean of the bigram values; the ranking adds weight × that
+keeps only the pairs it has seen (at least `min_count` times). A candidate's pair score is the sum of its character
+values plus `bigram` × the sum of its bigram values, over its length (one divisor for both, so the pair score is per
+character like the log-probs it is added to); the ranking adds weight × that
 (api.Couplets.complete_batch), the way it adds the noisy channel's λ · log P(上联 | 下联): both reward a 下联 that
 answers this 上联 rather than any. Unlike a backward model this costs a table lookup, and it needs no training.
 
@@ -122,7 +123,7 @@ class PairTable:
         return cls(vocab_size, keys, values, bigram_keys, bigram_values, counts.couplets)
 
     def score(self, upper: list[int], lower: list[int], bigram: float) -> float:
-        """Mean character value over the positions plus `bigram` × the mean bigram value; 0 for lines of
+        """(Sum of the character values + `bigram` × sum of the bigram values) / the line's length; 0 for lines of
         different lengths (nothing aligned) and for an empty one."""
         if len(upper) != len(lower) or not upper:
             return 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import sys
+from pathlib import Path
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -40,6 +41,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = export_model(model, args.out, dtype=dtype, max_shard_size=args.max_shard_size, tokenizer=tokenizer)
+    _keep_pair_table(Path(args.checkpoint), out)
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"wrote {out} ({count_parameters(model):,} parameters, {size / 2**20:.1f} MiB of weights)")
     return 0
+
+
+def _keep_pair_table(source: Path, out: Path) -> None:
+    """A model directory re-exported (to fp16, in shards) keeps its aligned-pair table: config.json names it
+    ("duilian" → "pairs"), and without the file the ranking would silently lose the term."""
+    import json
+    import shutil
+
+    if not (source / "config.json").is_file():
+        return
+    name = ((json.loads((source / "config.json").read_text(encoding="utf-8")).get("duilian") or {}).get("pairs")
+            or {}).get("file")
+    if name and (source / name).is_file() and (source / name).resolve() != (out / name).resolve():
+        shutil.copyfile(source / name, out / name)

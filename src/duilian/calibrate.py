@@ -107,10 +107,6 @@ def calibrate(couplets, pairs: list[tuple[str, str]], config: CalibrationConfig 
 
 def write_calibration(model_dir: str | Path, section: dict) -> Path:
     """Put `section` under "duilian" → "calibration" in model_dir/config.json (the rest is kept as it is)."""
-    import json
+    from .model import write_duilian_section
 
-    path = Path(model_dir) / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config.setdefault("duilian", {})["calibration"] = section
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_duilian_section(model_dir, "calibration", section)

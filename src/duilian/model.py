@@ -91,6 +91,16 @@ def build_model(preset: str | Preset, dropout: float = 0.1, seed: int | None = N
     return GPT(gpt_config(preset, dropout, tokenizer))
 
 
+def write_duilian_section(model_dir: str | Path, name: str, section: dict) -> Path:
+    """Put `section` under "duilian" → `name` in model_dir/config.json, the rest kept as it is: where a model carries
+    what duilian measured for it (its calibration, its aligned-pair table)."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.setdefault("duilian", {})[name] = section
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
 def is_hf_model_dir(path: str | Path) -> bool:
     """A HuggingFace model directory. A training run directory has a config.json too (the training
     config); a HF one names its model_type."""

@@ -28,7 +28,6 @@ model card has the sweep and the judges.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -183,13 +182,11 @@ def count_dataset(data_dir: str | Path, split: str = "train") -> tuple[PairCount
 
 def write(model_dir: str | Path, table: PairTable, config: PairsConfig) -> Path:
     """pairs.npz beside the weights, and config.json "duilian" → "pairs" naming it with its weights."""
-    model_dir = Path(model_dir)
-    path = model_dir / FILENAME
+    from .model import write_duilian_section
+
+    path = Path(model_dir) / FILENAME
     table.save(path)
-    cfg_path = model_dir / "config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg.setdefault("duilian", {})["pairs"] = {"file": FILENAME, "weight": config.weight, "bigram": config.bigram,
-                                              "min_count": config.min_count, "smoothing": config.smoothing,
-                                              "couplets": table.couplets}
-    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_duilian_section(model_dir, "pairs", {"file": FILENAME, "weight": config.weight, "bigram": config.bigram,
+                                               "min_count": config.min_count, "smoothing": config.smoothing,
+                                               "couplets": table.couplets})
     return path
